@@ -1,0 +1,108 @@
+//! The router, its shared state and the token check.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use visa_jobs::catalogue::Catalogue;
+use visa_jobs::queue::InstanceStorage;
+use visa_jobs::store::Database;
+
+use crate::error::ApiError;
+use crate::view::View;
+use crate::{catalogue, instances};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub database: Database,
+    pub catalogue: Arc<Catalogue>,
+    pub queue: InstanceStorage,
+    pub view: Arc<View>,
+    pub token: Arc<str>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/instances", get(instances::list).post(instances::create))
+        .route("/instances/identifiers", get(instances::identifiers))
+        .route(
+            "/instances/{id}",
+            get(instances::get).delete(instances::delete),
+        )
+        .route("/instances/{id}/start", post(instances::start))
+        .route("/instances/{id}/shutdown", post(instances::shutdown))
+        .route("/instances/{id}/reboot", post(instances::reboot))
+        .route("/flavours", get(catalogue::flavours))
+        .route("/flavours/{id}", get(catalogue::flavour))
+        .route("/images", get(catalogue::images))
+        .route("/images/{id}", get(catalogue::image))
+        .route("/security_groups", get(catalogue::security_groups))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+
+    Router::new()
+        .nest("/api", api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readiness))
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Rejects a request whose `X-Auth-Token` is missing or differs from the configured token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get("x-auth-token")
+        .map(|value| value.as_bytes())
+        .unwrap_or_default();
+    if constant_time_equal(given, state.token.as_bytes()) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// Compares without an early exit, so the time taken tells nothing about the token.
+fn constant_time_equal(given: &[u8], expected: &[u8]) -> bool {
+    let mut difference = given.len() ^ expected.len();
+    for (index, byte) in expected.iter().enumerate() {
+        difference |= usize::from(byte ^ given.get(index).copied().unwrap_or(0));
+    }
+    difference == 0
+}
+
+/// Answers 200 once the watches have listed and the records have loaded; until then a replica
+/// would answer VISA from an empty view, so it must not receive traffic.
+async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    if state.view.ready() {
+        (StatusCode::OK, Json(json!({ "ready": true })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false })),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_equal;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_equal(b"secret-value", b"secret-value"));
+        assert!(!constant_time_equal(b"secret-valuE", b"secret-value"));
+        assert!(!constant_time_equal(b"secret", b"secret-value"));
+        assert!(!constant_time_equal(
+            b"secret-value-longer",
+            b"secret-value"
+        ));
+        assert!(!constant_time_equal(b"", b"secret-value"));
+    }
+}

@@ -1,0 +1,292 @@
+//! `/api/instances`: create, read, list, start, shut down, reboot and delete instances.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use visa_jobs::model::{
+    Action, CreateInstance, DesiredState, Instance, InstanceRecord, now_millis,
+};
+use visa_jobs::objects::{self, MAX_ID_LENGTH};
+use visa_jobs::queue::{self, ConvergeInstance};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Longest instance name accepted; VISA's names are a prefix and a number.
+const MAX_NAME_LENGTH: usize = 255;
+/// Largest total size of the metadata keys and values, in bytes.
+const MAX_METADATA_BYTES: usize = 256 * 1024;
+
+#[derive(Serialize)]
+pub struct Identifier {
+    id: String,
+    name: String,
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<Vec<Instance>> {
+    Json(state.view.instances())
+}
+
+pub async fn identifiers(State(state): State<AppState>) -> Json<Vec<Identifier>> {
+    let identifiers = state
+        .view
+        .instances()
+        .into_iter()
+        .map(|instance| Identifier {
+            id: instance.id,
+            name: instance.name,
+        })
+        .collect();
+    Json(identifiers)
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    let record = find_record(&state, &id).await?;
+    state
+        .view
+        .instance(&record)
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
+}
+
+/// Creates an instance: checks the request against the catalogue, records the instance and its
+/// first job in one transaction, then enqueues the job. A request VISA repeats after a time-out
+/// carries the same name and gets the same id back, with nothing created twice.
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Json<CreateInstance>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(request) = body?;
+    validate(&state, &request)?;
+
+    if let Some(existing) = state.view.live_by_name(&request.name) {
+        if existing.desired != DesiredState::Deleted {
+            info!(instance = %existing.id, name = %request.name, "repeated create returns the existing instance");
+            return Ok((StatusCode::CREATED, Json(json!({ "id": existing.id }))));
+        }
+    }
+
+    let id = free_id(&state, &request.name).await?;
+    let now = now_millis();
+    let record = InstanceRecord {
+        id: id.clone(),
+        name: request.name,
+        image_id: request.image_id,
+        flavour_id: request.flavour_id,
+        security_groups: request.security_groups,
+        metadata: request.metadata,
+        boot_command: request.boot_command,
+        desired: DesiredState::Running,
+        action: Action::Create,
+        action_at: now,
+        action_seq: 1,
+        applied_seq: 0,
+        created_at: now,
+        first_ready_at: None,
+        deleted_at: None,
+        fault: None,
+        updated_at: now,
+    };
+    let job_id = Uuid::new_v4().to_string();
+    state.database.insert_instance(&record, &job_id).await?;
+    state.view.put(record.clone());
+    info!(instance = %id, job = %job_id, name = %record.name, "instance recorded");
+
+    enqueue(&state, &record, job_id).await;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+pub async fn start(
+    state: State<AppState>,
+    id: Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    act(state, id, Action::Start).await
+}
+
+pub async fn shutdown(
+    state: State<AppState>,
+    id: Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    act(state, id, Action::Stop).await
+}
+
+pub async fn reboot(
+    state: State<AppState>,
+    id: Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    act(state, id, Action::Reboot).await
+}
+
+/// Deletes an instance's StatefulSet and Service; the user's volume claim stays. Deleting an
+/// instance whose deletion is under way succeeds and changes nothing.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let record = find_record(&state, &id).await?;
+    if record.deleted_at.is_some() {
+        return Err(not_found(&id));
+    }
+    if record.desired == DesiredState::Deleted {
+        return Ok((StatusCode::ACCEPTED, Json(json!({}))));
+    }
+    act(State(state), Path(id), Action::Delete).await
+}
+
+/// Records `action` as the instance's intent and enqueues a job for it.
+async fn act(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    action: Action,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let record = find_record(&state, &id).await?;
+    if record.deleted_at.is_some() {
+        return Err(not_found(&id));
+    }
+    if record.desired == DesiredState::Deleted {
+        return Err(ApiError::Conflict(format!(
+            "instance {id} is being deleted, so it cannot {}",
+            action.as_str()
+        )));
+    }
+
+    let job_id = Uuid::new_v4().to_string();
+    let Some(updated) = state
+        .database
+        .record_action(&id, action, &job_id, now_millis())
+        .await?
+    else {
+        return Err(ApiError::Conflict(format!(
+            "instance {id} was deleted while the {} request was handled",
+            action.as_str()
+        )));
+    };
+    state.view.put(updated.clone());
+    info!(instance = %id, job = %job_id, action = action.as_str(), seq = updated.action_seq, "action recorded");
+
+    enqueue(&state, &updated, job_id).await;
+    Ok((StatusCode::ACCEPTED, Json(json!({}))))
+}
+
+/// Enqueues the job of a recorded intent. When Redis is down the intent stays recorded and the
+/// workers' drift sweep enqueues it later, so the request still succeeds.
+async fn enqueue(state: &AppState, record: &InstanceRecord, job_id: String) {
+    let job = ConvergeInstance {
+        job_id: job_id.clone(),
+        instance_id: record.id.clone(),
+        action: record.action,
+        seq: record.action_seq,
+    };
+    let mut storage = state.queue.clone();
+    if let Err(error) = queue::enqueue(&mut storage, job).await {
+        warn!(instance = %record.id, job = %job_id, %error, "failed to enqueue; the drift sweep will enqueue the intent");
+    }
+}
+
+/// Finds an instance in the view, or in the database when another API replica created it.
+async fn find_record(state: &AppState, id: &str) -> Result<InstanceRecord, ApiError> {
+    if let Some(record) = state.view.record(id) {
+        return Ok(record);
+    }
+    if !valid_id(id) {
+        return Err(not_found(id));
+    }
+    match state.database.get_instance(id).await? {
+        Some(record) => {
+            state.view.put(record.clone());
+            Ok(record)
+        }
+        None => Err(not_found(id)),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    let shown: String = id.chars().take(80).collect();
+    ApiError::NotFound(format!("instance {shown:?} not found"))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LENGTH + 7
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Returns an id derived from the name that no instance, live or deleted, has had.
+async fn free_id(state: &AppState, name: &str) -> Result<String, ApiError> {
+    let base = objects::id_from_name(name).ok_or_else(|| {
+        ApiError::unprocessable(format!(
+            "name {name:?} is invalid: it must contain at least one ASCII letter or digit"
+        ))
+    })?;
+    if !state.database.id_exists(&base).await? {
+        return Ok(base);
+    }
+    for _ in 0..8 {
+        let suffix = &Uuid::new_v4().simple().to_string()[..6];
+        let candidate = format!("{base}-{suffix}");
+        if !state.database.id_exists(&candidate).await? {
+            return Ok(candidate);
+        }
+    }
+    Err(ApiError::Internal(format!(
+        "no free id found for name {name:?}"
+    )))
+}
+
+fn validate(state: &AppState, request: &CreateInstance) -> Result<(), ApiError> {
+    if request.name.trim().is_empty() {
+        return Err(ApiError::unprocessable(
+            "name is empty: send the instance name",
+        ));
+    }
+    if request.name.len() > MAX_NAME_LENGTH {
+        return Err(ApiError::unprocessable(format!(
+            "name is {} bytes long: send at most {MAX_NAME_LENGTH}",
+            request.name.len()
+        )));
+    }
+
+    let catalogue = state.catalogue.as_ref();
+    if catalogue.flavour(&request.flavour_id).is_none() {
+        return Err(ApiError::unprocessable(format!(
+            "flavourId {:?} not found: use an id from /api/flavours",
+            request.flavour_id
+        )));
+    }
+    if catalogue.image(&request.image_id).is_none() {
+        return Err(ApiError::unprocessable(format!(
+            "imageId {:?} not found: use an id from /api/images",
+            request.image_id
+        )));
+    }
+    for group in &request.security_groups {
+        if !catalogue.has_security_group(group) {
+            return Err(ApiError::unprocessable(format!(
+                "security group {group:?} not found: use a name from /api/security_groups"
+            )));
+        }
+    }
+
+    let metadata_bytes: usize = request
+        .metadata
+        .iter()
+        .map(|(key, value)| key.len() + value.len())
+        .sum();
+    if metadata_bytes > MAX_METADATA_BYTES {
+        return Err(ApiError::unprocessable(format!(
+            "metadata is {metadata_bytes} bytes: send at most {MAX_METADATA_BYTES}"
+        )));
+    }
+    Ok(())
+}

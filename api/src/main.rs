@@ -1,0 +1,106 @@
+//! The API process: serves VISA's web provider API.
+
+mod app;
+mod catalogue;
+mod error;
+mod instances;
+mod view;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::info;
+
+use visa_jobs::settings::{CommonArgs, init_tracing, kube_client};
+
+use crate::app::AppState;
+use crate::view::View;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "visa-api",
+    about = "Serves VISA's web provider API for Kubernetes"
+)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Address and port to listen on.
+    #[arg(long, env = "VISA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+
+    /// File whose first line is the token VISA sends in X-Auth-Token.
+    #[arg(long, env = "VISA_TOKEN_FILE")]
+    token_file: PathBuf,
+
+    /// Seconds a running instance may stay not ready after an action before it is an ERROR.
+    #[arg(long, env = "VISA_START_GRACE_SECONDS", default_value_t = 600)]
+    start_grace_seconds: u64,
+
+    /// Milliseconds between reloads of changed instance records from the database.
+    #[arg(long, env = "VISA_REFRESH_INTERVAL_MS", default_value_t = 1000)]
+    refresh_interval_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let args = Args::parse();
+    let token = read_token(&args.token_file)?;
+
+    let (database, catalogue) = args.common.open_database().await?;
+    let client = kube_client().await?;
+    let queue = args.common.open_queue().await?;
+
+    let view = View::start(
+        client,
+        database.clone(),
+        &args.common.namespace,
+        Duration::from_secs(args.start_grace_seconds),
+        Duration::from_millis(args.refresh_interval_ms.max(100)),
+    );
+    let state = AppState {
+        database,
+        catalogue: Arc::new(catalogue),
+        queue,
+        view,
+        token: token.into(),
+    };
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|error| anyhow::anyhow!("failed to listen on {}: {error}", args.listen))?;
+    info!(address = %listener.local_addr()?, namespace = %args.common.namespace, "API listening");
+    axum::serve(listener, app::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        anyhow::anyhow!("failed to read the token file {}: {error}", path.display())
+    })?;
+    let token = text.lines().next().unwrap_or_default().trim().to_owned();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "the token in {} is missing or shorter than 16 characters: write a long random token on its first line",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

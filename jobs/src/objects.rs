@@ -1,0 +1,490 @@
+//! Kubernetes objects of one instance: a StatefulSet with one replica when running and zero
+//! when stopped, its headless Service, and a volume claim template whose claims outlive it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, LocalObjectReference, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
+    ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::catalogue::{Flavour, Image};
+use crate::model::{InstanceRecord, format_visa_time};
+
+pub const MAIN_CONTAINER: &str = "visa-instance-container";
+pub const FIELD_MANAGER: &str = "visa-k8s-provider";
+pub const MANAGED_BY: &str = "visa-k8s-provider";
+pub const COMPONENT: &str = "visa-instance";
+pub const DATA_VOLUME: &str = "data";
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_INSTANCE_ID: &str = "visa-cloud-provider/instance-id";
+pub const LABEL_NAME: &str = "visa-cloud-provider/name";
+pub const LABEL_ENVIRONMENT: &str = "visa-cloud-provider/environment";
+pub const LABEL_FLAVOUR: &str = "visa-cloud-provider/flavour";
+pub const LABEL_IMAGE: &str = "visa-cloud-provider/image";
+pub const LABEL_OWNER: &str = "visa-cloud-provider/owner";
+pub const LABEL_UID: &str = "visa-cloud-provider/uid";
+
+pub const ANNOTATION_LAST_ACTION: &str = "visa-cloud-provider/last_commanded_action";
+pub const ANNOTATION_LAST_ACTION_AT: &str = "visa-cloud-provider/last_action_datetime";
+pub const ANNOTATION_OWNER: &str = "visa-cloud-provider/owner";
+
+/// Selects every object this provider manages in the instances' namespace.
+pub fn managed_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={COMPONENT}")
+}
+
+/// Site settings that shape every instance's objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSettings {
+    pub namespace: String,
+    /// Value of the environment label, for example `production`.
+    pub environment: String,
+    /// StorageClass of the user's volume; `None` takes the cluster's default class.
+    pub storage_class: Option<String>,
+    /// IANA time zone given to instances in `TZ`.
+    pub time_zone: String,
+    pub image_pull_secrets: Vec<String>,
+    /// Where the user's volume is mounted in the main container.
+    pub volume_mount_path: String,
+}
+
+impl Default for ObjectSettings {
+    fn default() -> Self {
+        Self {
+            namespace: "visa-instances".to_owned(),
+            environment: "local".to_owned(),
+            storage_class: None,
+            time_zone: "UTC".to_owned(),
+            image_pull_secrets: Vec::new(),
+            volume_mount_path: "/home".to_owned(),
+        }
+    }
+}
+
+/// Maximum length of an instance id. A StatefulSet's pods carry the label
+/// `controller-revision-hash=<name>-<hash>`, which must fit in 63 characters.
+pub const MAX_ID_LENGTH: usize = 40;
+
+/// Derives a DNS-1123 label from VISA's instance name: `VISA_INSTANCE-1042` becomes
+/// `visa-instance-1042`. Returns `None` when no letter or digit is left.
+pub fn id_from_name(name: &str) -> Option<String> {
+    let mut id = String::with_capacity(name.len());
+    for c in name.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            id.push(c);
+        } else if !id.ends_with('-') && !id.is_empty() {
+            id.push('-');
+        }
+    }
+    id.truncate(MAX_ID_LENGTH);
+    let id = id.trim_end_matches('-').to_owned();
+    if id.is_empty() { None } else { Some(id) }
+}
+
+/// Makes any text a valid label value: at most 63 characters of letters, digits, `-`, `_` and
+/// `.`, starting and ending with a letter or digit. The exact value stays in an annotation.
+pub fn label_value(text: &str) -> String {
+    let mapped: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    mapped
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+pub fn service_name(id: &str) -> String {
+    format!("{id}-svc")
+}
+
+/// Name of the pod of a StatefulSet with one replica.
+pub fn pod_name(id: &str) -> String {
+    format!("{id}-0")
+}
+
+/// Name of the user's volume claim, which the StatefulSet controller makes from the template.
+pub fn volume_claim_name(id: &str) -> String {
+    format!("{DATA_VOLUME}-{id}-0")
+}
+
+fn selector_labels(record: &InstanceRecord) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_COMPONENT.to_owned(), COMPONENT.to_owned()),
+        (LABEL_INSTANCE_ID.to_owned(), record.id.clone()),
+    ])
+}
+
+fn instance_labels(record: &InstanceRecord, settings: &ObjectSettings) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(record);
+    let mut add = |key: &str, value: &str| {
+        let value = label_value(value);
+        if !value.is_empty() {
+            labels.insert(key.to_owned(), value);
+        }
+    };
+    add(LABEL_NAME, &record.name);
+    add(LABEL_ENVIRONMENT, &settings.environment);
+    add(LABEL_FLAVOUR, &record.flavour_id);
+    add(LABEL_IMAGE, &record.image_id);
+    add(LABEL_OWNER, record.owner().unwrap_or_default());
+    add(
+        LABEL_UID,
+        record
+            .metadata
+            .get("uid")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    );
+    labels
+}
+
+/// Builds the StatefulSet of an instance, with `replicas` 1 when running and 0 when stopped.
+/// The last-action annotations come from the record, so applying the same record twice changes
+/// nothing and a new reboot request changes the pod template, which recreates the pod.
+pub fn stateful_set(
+    record: &InstanceRecord,
+    flavour: &Flavour,
+    image: &Image,
+    settings: &ObjectSettings,
+    replicas: i32,
+) -> StatefulSet {
+    let labels = instance_labels(record, settings);
+    let mut annotations = BTreeMap::from([
+        (
+            ANNOTATION_LAST_ACTION.to_owned(),
+            record.action.as_str().to_owned(),
+        ),
+        (
+            ANNOTATION_LAST_ACTION_AT.to_owned(),
+            format_visa_time(record.action_at),
+        ),
+    ]);
+    if let Some(owner) = record.owner() {
+        annotations.insert(ANNOTATION_OWNER.to_owned(), owner.to_owned());
+    }
+
+    let cpu = Quantity(flavour.cpus.to_string());
+    let memory = Quantity(format!("{}Mi", flavour.ram));
+    let resources = BTreeMap::from([("cpu".to_owned(), cpu), ("memory".to_owned(), memory)]);
+
+    let mut env = vec![EnvVar {
+        name: "TZ".to_owned(),
+        value: Some(settings.time_zone.clone()),
+        ..EnvVar::default()
+    }];
+    env.extend(image.env.iter().map(|(name, value)| EnvVar {
+        name: name.clone(),
+        value: Some(value.clone()),
+        ..EnvVar::default()
+    }));
+
+    let ports = image
+        .ports
+        .iter()
+        .map(|port| ContainerPort {
+            name: Some(port.name.clone()),
+            container_port: port.port,
+            protocol: Some(port.protocol.clone()),
+            ..ContainerPort::default()
+        })
+        .collect::<Vec<_>>();
+
+    let container = Container {
+        name: MAIN_CONTAINER.to_owned(),
+        image: Some(image.container_image.clone()),
+        image_pull_policy: Some(image.pull_policy.clone()),
+        ports: (!ports.is_empty()).then_some(ports),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..ResourceRequirements::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.to_owned(),
+            mount_path: settings.volume_mount_path.clone(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+
+    let pull_secrets = settings
+        .image_pull_secrets
+        .iter()
+        .map(|name| LocalObjectReference { name: name.clone() })
+        .collect::<Vec<_>>();
+
+    let claim_template = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.to_owned()),
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: settings.storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(format!("{}Gi", flavour.disk)),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(record.id.clone()),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(service_name(&record.id)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(record)),
+                ..LabelSelector::default()
+            },
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".to_owned()),
+                    when_scaled: Some("Retain".to_owned()),
+                },
+            ),
+            volume_claim_templates: Some(vec![claim_template]),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        },
+        status: None,
+    }
+}
+
+/// Builds the headless Service that the StatefulSet names, with the image's ports.
+pub fn service(record: &InstanceRecord, image: &Image, settings: &ObjectSettings) -> Service {
+    let ports = image
+        .ports
+        .iter()
+        .map(|port| ServicePort {
+            name: Some(port.name.clone()),
+            port: port.port,
+            protocol: Some(port.protocol.clone()),
+            target_port: Some(IntOrString::Int(port.port)),
+            ..ServicePort::default()
+        })
+        .collect::<Vec<_>>();
+
+    Service {
+        metadata: ObjectMeta {
+            name: Some(service_name(&record.id)),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(instance_labels(record, settings)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(record)),
+            ports: (!ports.is_empty()).then_some(ports),
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::ImagePort;
+    use crate::model::{Action, DesiredState};
+
+    fn record() -> InstanceRecord {
+        InstanceRecord {
+            id: "visa-instance-1042".to_owned(),
+            name: "VISA_INSTANCE-1042".to_owned(),
+            image_id: "desktop".to_owned(),
+            flavour_id: "medium".to_owned(),
+            security_groups: vec!["DEFAULT".to_owned()],
+            metadata: BTreeMap::from([
+                ("owner".to_owned(), "o'brien; rm -rf /".to_owned()),
+                ("uid".to_owned(), "k3v9x2mq".to_owned()),
+            ]),
+            boot_command: None,
+            desired: DesiredState::Running,
+            action: Action::Reboot,
+            action_at: 1_796_396_204_123,
+            action_seq: 3,
+            applied_seq: 2,
+            created_at: 1_796_396_000_000,
+            first_ready_at: None,
+            deleted_at: None,
+            fault: None,
+            updated_at: 1_796_396_204_123,
+        }
+    }
+
+    fn flavour() -> Flavour {
+        Flavour {
+            id: "medium".to_owned(),
+            name: "Medium".to_owned(),
+            cpus: 4,
+            ram: 16384,
+            disk: 50,
+        }
+    }
+
+    fn image() -> Image {
+        Image {
+            id: "desktop".to_owned(),
+            name: "Desktop".to_owned(),
+            container_image: "registry.example.org/visa/desktop:1".to_owned(),
+            pull_policy: "Always".to_owned(),
+            size: None,
+            ports: vec![ImagePort {
+                name: "rdp".to_owned(),
+                port: 3389,
+                protocol: "TCP".to_owned(),
+            }],
+            env: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn id_from_visa_names() {
+        assert_eq!(
+            id_from_name("VISA_INSTANCE-1042").as_deref(),
+            Some("visa-instance-1042")
+        );
+        assert_eq!(
+            id_from_name("VISA-INSTANCE-7").as_deref(),
+            Some("visa-instance-7")
+        );
+        assert_eq!(id_from_name("__a__b__").as_deref(), Some("a-b"));
+        assert_eq!(id_from_name("éé"), None);
+        assert_eq!(
+            id_from_name(&"x".repeat(300)).map(|id| id.len()),
+            Some(MAX_ID_LENGTH)
+        );
+    }
+
+    #[test]
+    fn label_value_of_hostile_owner() {
+        assert_eq!(label_value("o'brien; rm -rf /"), "o_brien__rm_-rf");
+        assert_eq!(label_value(&"a".repeat(100)).len(), 63);
+        assert_eq!(label_value("$()"), "");
+    }
+
+    #[test]
+    fn stateful_set_matches_flavour_and_image() {
+        let set = stateful_set(
+            &record(),
+            &flavour(),
+            &image(),
+            &ObjectSettings::default(),
+            1,
+        );
+        let spec = set.spec;
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("visa-instance-1042-svc"));
+
+        let retention = spec.persistent_volume_claim_retention_policy.unwrap();
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        let storage = &claim
+            .spec
+            .as_ref()
+            .unwrap()
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests;
+        assert_eq!(storage.as_ref().unwrap()["storage"].0, "50Gi");
+
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.name, MAIN_CONTAINER);
+        assert_eq!(container.image_pull_policy.as_deref(), Some("Always"));
+        let resources = container.resources.as_ref().unwrap();
+        assert_eq!(resources.requests, resources.limits);
+        assert_eq!(resources.limits.as_ref().unwrap()["cpu"].0, "4");
+        assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "16384Mi");
+        assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 3389);
+        let tz = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|env| env.name == "TZ");
+        assert_eq!(tz.unwrap().value.as_deref(), Some("UTC"));
+
+        let annotations = spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[ANNOTATION_LAST_ACTION], "reboot");
+        assert_eq!(
+            annotations[ANNOTATION_LAST_ACTION_AT],
+            "2026-12-04T14:56:44.123Z"
+        );
+        assert_eq!(annotations[ANNOTATION_OWNER], "o'brien; rm -rf /");
+    }
+
+    #[test]
+    fn labels_are_valid_values() {
+        let set = stateful_set(
+            &record(),
+            &flavour(),
+            &image(),
+            &ObjectSettings::default(),
+            0,
+        );
+        let labels = set.metadata.labels.unwrap();
+        assert_eq!(labels[LABEL_OWNER], "o_brien__rm_-rf");
+        assert_eq!(labels[LABEL_NAME], "VISA_INSTANCE-1042");
+        assert_eq!(labels[LABEL_INSTANCE_ID], "visa-instance-1042");
+        for value in labels.values() {
+            assert!(value.len() <= 63, "{value}");
+        }
+    }
+
+    #[test]
+    fn service_is_headless() {
+        let service = service(&record(), &image(), &ObjectSettings::default());
+        let spec = service.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.ports.unwrap()[0].port, 3389);
+    }
+}

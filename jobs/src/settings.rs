@@ -1,0 +1,130 @@
+//! Command-line and environment settings shared by the API and the workers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::catalogue::Catalogue;
+use crate::objects::ObjectSettings;
+use crate::queue::QueueTiming;
+use crate::store::Database;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Database URL: `sqlite://PATH?mode=rwc` (embedded) or `mysql://USER:PASSWORD@HOST:PORT/DB`.
+    #[arg(long, env = "VISA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Redis URL of the job queue, for example `redis://127.0.0.1:6379/`.
+    #[arg(long, env = "VISA_REDIS_URL", hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Redis queue of instance jobs; sites that run several providers on one Redis give each
+    /// its own.
+    #[arg(long, env = "VISA_QUEUE", default_value = crate::queue::DEFAULT_QUEUE)]
+    pub queue: String,
+
+    /// Catalogue YAML file of flavours, images and security groups.
+    #[arg(long, env = "VISA_CATALOGUE")]
+    pub catalogue: PathBuf,
+
+    /// Kubernetes namespace that holds the instances.
+    #[arg(long, env = "VISA_NAMESPACE", default_value = "visa-instances")]
+    pub namespace: String,
+
+    /// Value of the environment label on every instance object.
+    #[arg(long, env = "VISA_ENVIRONMENT", default_value = "local")]
+    pub environment: String,
+
+    /// StorageClass of users' volumes; the cluster's default class when unset.
+    #[arg(long, env = "VISA_STORAGE_CLASS")]
+    pub storage_class: Option<String>,
+
+    /// Time zone given to instances in `TZ`.
+    #[arg(long, env = "VISA_TIME_ZONE", default_value = "UTC")]
+    pub time_zone: String,
+
+    /// Image pull Secret in the instances' namespace; repeat for several.
+    #[arg(
+        long = "image-pull-secret",
+        env = "VISA_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub image_pull_secrets: Vec<String>,
+
+    /// Where the user's volume is mounted in the main container.
+    #[arg(long, env = "VISA_VOLUME_MOUNT_PATH", default_value = "/home")]
+    pub volume_mount_path: String,
+
+    /// Seconds between worker heartbeats in Redis.
+    #[arg(long, env = "VISA_HEARTBEAT_SECONDS", default_value_t = 5)]
+    pub heartbeat_seconds: u64,
+
+    /// Heartbeats a worker may miss before its jobs go back to the queue.
+    #[arg(long, env = "VISA_MISSED_HEARTBEATS", default_value_t = 3)]
+    pub missed_heartbeats: usize,
+}
+
+impl CommonArgs {
+    pub fn object_settings(&self) -> ObjectSettings {
+        ObjectSettings {
+            namespace: self.namespace.clone(),
+            environment: self.environment.clone(),
+            storage_class: self.storage_class.clone().filter(|class| !class.is_empty()),
+            time_zone: self.time_zone.clone(),
+            image_pull_secrets: self
+                .image_pull_secrets
+                .iter()
+                .filter(|name| !name.is_empty())
+                .cloned()
+                .collect(),
+            volume_mount_path: self.volume_mount_path.clone(),
+        }
+    }
+
+    /// Connects to Redis and opens the instance queue.
+    pub async fn open_queue(&self) -> anyhow::Result<crate::queue::InstanceStorage> {
+        crate::queue::connect(&self.redis_url, &self.queue, self.queue_timing())
+            .await
+            .map_err(|error| anyhow::anyhow!("failed to connect to Redis: {error}"))
+    }
+
+    pub fn queue_timing(&self) -> QueueTiming {
+        QueueTiming {
+            heartbeat: Duration::from_secs(self.heartbeat_seconds.max(1)),
+            missed_heartbeats: self.missed_heartbeats.max(1),
+        }
+    }
+
+    /// Connects to the database, migrates it and stores the catalogue file in it.
+    pub async fn open_database(&self) -> anyhow::Result<(Database, Catalogue)> {
+        let catalogue = Catalogue::load(&self.catalogue)?;
+        let database = Database::connect(&self.database_url)
+            .await
+            .map_err(|error| anyhow::anyhow!("failed to open the database: {error}"))?;
+        database
+            .save_catalogue(&catalogue)
+            .await
+            .map_err(|error| anyhow::anyhow!("failed to store the catalogue: {error}"))?;
+        Ok((database, catalogue))
+    }
+}
+
+/// Builds a Kubernetes client from `KUBECONFIG`, `~/.kube/config` or the in-cluster account.
+pub async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.map_err(|error| {
+        anyhow::anyhow!(
+            "failed to configure the Kubernetes client: {error}; set KUBECONFIG to a kubeconfig \
+             file or run inside a cluster"
+        )
+    })
+}
+
+/// Starts logging to standard error, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
