@@ -176,7 +176,7 @@ impl Database {
             .await?;
         rows.iter()
             .map(|row| {
-                let spec: String = row.try_get("spec")?;
+                let spec = text(row, "spec")?;
                 serde_json::from_str(&spec).map_err(|error| StoreError::Corrupt {
                     column: "spec",
                     message: format!("{table}: {error}"),
@@ -452,7 +452,7 @@ impl Database {
 
         let mut pending = Vec::new();
         for row in rows {
-            let id: String = row.try_get("id")?;
+            let id = text(&row, "id")?;
             let seq: i64 = row.try_get("action_seq")?;
             let taken = sqlx::query(
                 "UPDATE instances SET enqueued_at = ? WHERE id = ? AND action_seq = ? \
@@ -465,7 +465,7 @@ impl Database {
             .execute(&self.pool)
             .await?;
             if taken.rows_affected() == 1 {
-                let action: String = row.try_get("action")?;
+                let action = text(&row, "action")?;
                 pending.push(PendingIntent {
                     instance_id: id,
                     action: parse_action(&action)?,
@@ -513,8 +513,8 @@ impl Database {
                     seq: row.try_get("seq")?,
                     status: row.try_get("status")?,
                     attempts: row.try_get::<i64, _>("attempts")?,
-                    worker: row.try_get("worker")?,
-                    error: row.try_get("error")?,
+                    worker: optional_text(row, "worker")?,
+                    error: optional_text(row, "error")?,
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
                 })
@@ -560,6 +560,30 @@ async fn insert_job(
     Ok(())
 }
 
+/// Reads a text column. MariaDB's TEXT columns reach sqlx's `Any` driver as BLOB, so bytes
+/// that are valid UTF-8 are accepted as text too.
+fn text(row: &AnyRow, column: &'static str) -> StoreResult<String> {
+    optional_text(row, column)?.ok_or_else(|| StoreError::Corrupt {
+        column,
+        message: "unexpected NULL".to_owned(),
+    })
+}
+
+fn optional_text(row: &AnyRow, column: &'static str) -> StoreResult<Option<String>> {
+    if let Ok(value) = row.try_get::<Option<String>, _>(column) {
+        return Ok(value);
+    }
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    bytes
+        .map(|bytes| {
+            String::from_utf8(bytes).map_err(|error| StoreError::Corrupt {
+                column,
+                message: error.to_string(),
+            })
+        })
+        .transpose()
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("catalogue and instance values serialise to JSON")
 }
@@ -579,12 +603,12 @@ fn parse_action(value: &str) -> StoreResult<Action> {
 }
 
 fn record_from_row(row: &AnyRow) -> StoreResult<InstanceRecord> {
-    let desired: String = row.try_get("desired")?;
-    let action: String = row.try_get("action")?;
-    let security_groups: String = row.try_get("security_groups")?;
-    let metadata: String = row.try_get("metadata")?;
-    let fault_message: Option<String> = row.try_get("fault_message")?;
-    let fault_details: Option<String> = row.try_get("fault_details")?;
+    let desired = text(row, "desired")?;
+    let action = text(row, "action")?;
+    let security_groups = text(row, "security_groups")?;
+    let metadata = text(row, "metadata")?;
+    let fault_message = optional_text(row, "fault_message")?;
+    let fault_details = optional_text(row, "fault_details")?;
     let fault_at: Option<i64> = row.try_get("fault_at")?;
 
     let fault = match (fault_message, fault_at) {
@@ -603,7 +627,7 @@ fn record_from_row(row: &AnyRow) -> StoreResult<InstanceRecord> {
         flavour_id: row.try_get("flavour_id")?,
         security_groups: from_json("security_groups", &security_groups)?,
         metadata: from_json::<BTreeMap<String, String>>("metadata", &metadata)?,
-        boot_command: row.try_get("boot_command")?,
+        boot_command: optional_text(row, "boot_command")?,
         desired: DesiredState::parse(&desired).ok_or_else(|| StoreError::Corrupt {
             column: "desired",
             message: format!("unknown desired state {desired:?}"),
