@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds (or reuses) the control plane binaries,
+# starts a private control plane, Redis, MariaDB and slapd, runs the Rust tests against them,
+# and stops everything it started. Exits non-zero on any failure.
+#
+# Environment:
+#   VISA_TEST_STATE_DIR  where the services keep their state (default /tmp/visa-k8s-provider-test)
+#   VISA_K8S_CACHE       where the control plane binaries are cached (default ~/.cache/visa-k8s-provider)
+#   CARGO_TEST_ARGS      extra arguments for cargo test, for example "lifecycle"
+set -euo pipefail
+
+PATH="$PATH:/usr/local/go/bin:$HOME/.cargo/bin:/usr/sbin:/sbin"
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+export VISA_STATE_DIR="${VISA_TEST_STATE_DIR:-/tmp/visa-k8s-provider-test}"
+export VISA_CLUSTER_NAME=visa-test
+export VISA_REDIS_PORT="${VISA_TEST_REDIS_PORT:-6392}"
+export VISA_MARIADB_PORT="${VISA_TEST_MARIADB_PORT:-3309}"
+export VISA_LDAP_PORT="${VISA_TEST_LDAP_PORT:-3390}"
+
+stop_services() {
+  bash tests/cluster/stop.sh >/dev/null 2>&1 || echo "warning: stopping the control plane failed" >&2
+  bash tests/services/redis.sh stop >/dev/null 2>&1 || echo "warning: stopping Redis failed" >&2
+  bash tests/services/mariadb.sh stop >/dev/null 2>&1 || echo "warning: stopping MariaDB failed" >&2
+  bash tests/services/slapd.sh stop >/dev/null 2>&1 || echo "warning: stopping slapd failed" >&2
+}
+trap stop_services EXIT
+
+bash scripts/install-prerequisites.sh
+
+echo "== building the control plane binaries (cached after the first run)"
+bash tests/cluster/build-binaries.sh >/dev/null
+
+echo "== starting the control plane, Redis, MariaDB and slapd in $VISA_STATE_DIR"
+VISA_TEST_KUBECONFIG=$(bash tests/cluster/start.sh | tail -n 1)
+VISA_TEST_REDIS_URL=$(bash tests/services/redis.sh start | tail -n 1)
+# The URL holds the MariaDB password, so it is never printed.
+VISA_TEST_MARIADB_URL=$(bash tests/services/mariadb.sh start | tail -n 1)
+VISA_TEST_LDAP_URL=$(bash tests/services/slapd.sh start | tail -n 1)
+export VISA_TEST_KUBECONFIG VISA_TEST_REDIS_URL VISA_TEST_MARIADB_URL VISA_TEST_LDAP_URL
+
+echo "== building the provider"
+cargo build --workspace --bins --all-targets
+
+echo "== running the tests"
+# shellcheck disable=SC2086 # CARGO_TEST_ARGS is a list of words on purpose
+cargo test --workspace --no-fail-fast -- ${CARGO_TEST_ARGS:-}
