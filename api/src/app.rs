@@ -44,7 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/images/{id}", get(catalogue::image))
         .route("/security_groups", get(catalogue::security_groups))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     Router::new()
         .nest("/api", api)

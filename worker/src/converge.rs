@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use visa_jobs::model::{DesiredState, InstanceRecord, now_millis};
+use visa_jobs::model::{DesiredState, InstanceRecord, format_visa_time, now_millis};
 use visa_jobs::objects::{self, FIELD_MANAGER, ObjectSettings};
 use visa_jobs::queue::ConvergeInstance;
 use visa_jobs::store::{Database, JobStatus};
@@ -309,7 +309,49 @@ impl Converger {
         let set = objects::stateful_set(record, flavour, image, &self.settings, replicas);
         sets.patch(&record.id, &params, &Patch::Apply(&set)).await?;
         info!(instance = %record.id, replicas, action = record.action.as_str(), "applied StatefulSet");
+
+        if replicas > 0 {
+            self.replace_stale_pod(record).await?;
+        }
         Ok(())
+    }
+
+    /// Deletes the pod when it comes from a pod template older than the record's last action.
+    /// The StatefulSet controller replaces an old pod only once it is ready, so without this a
+    /// reboot could never replace a pod stuck in, say, `ImagePullBackOff`.
+    async fn replace_stale_pod(&self, record: &InstanceRecord) -> Result<(), ConvergeError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let name = objects::pod_name(&record.id);
+        let Some(pod) = pods.get_opt(&name).await? else {
+            return Ok(());
+        };
+        let stamped = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(objects::ANNOTATION_LAST_ACTION_AT));
+        if stamped == Some(&format_visa_time(record.action_at))
+            || pod.metadata.deletion_timestamp.is_some()
+        {
+            return Ok(());
+        }
+
+        // The uid precondition makes sure that only this old pod goes, never its replacement.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&name, &params).await {
+            Ok(_) => {
+                info!(instance = %record.id, pod = %name, "deleted the pod of an older pod template");
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Deletes the StatefulSet and Service and waits until the StatefulSet is gone. The volume
