@@ -18,6 +18,9 @@ export VISA_CLUSTER_NAME=visa-test
 export VISA_REDIS_PORT="${VISA_TEST_REDIS_PORT:-6392}"
 export VISA_MARIADB_PORT="${VISA_TEST_MARIADB_PORT:-3309}"
 export VISA_LDAP_PORT="${VISA_TEST_LDAP_PORT:-3390}"
+# Every test makes its own instances, so the nodes and the pool of volumes are sized for the
+# whole suite rather than for one user.
+export VISA_NODE_CPUS=512 VISA_NODE_MEMORY=4Ti VISA_PV_COUNT=200
 
 stop_services() {
   bash tests/cluster/stop.sh >/dev/null 2>&1 || echo "warning: stopping the control plane failed" >&2

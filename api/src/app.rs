@@ -14,9 +14,10 @@ use visa_jobs::catalogue::Catalogue;
 use visa_jobs::queue::InstanceStorage;
 use visa_jobs::store::Database;
 
+use crate::capacity::QuotaSettings;
 use crate::error::ApiError;
 use crate::view::View;
-use crate::{catalogue, instances};
+use crate::{capacity, catalogue, instances};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -25,6 +26,9 @@ pub struct AppState {
     pub queue: InstanceStorage,
     pub view: Arc<View>,
     pub token: Arc<str>,
+    pub quota: QuotaSettings,
+    /// False turns `POST /api/instances/{id}/migrate` into a 404.
+    pub migration_enabled: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -38,11 +42,41 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/start", post(instances::start))
         .route("/instances/{id}/shutdown", post(instances::shutdown))
         .route("/instances/{id}/reboot", post(instances::reboot))
+        .route(
+            "/instances/{id}/security_groups",
+            get(instances::security_groups).post(instances::add_security_group),
+        )
+        .route(
+            "/instances/{id}/security_groups/remove",
+            post(instances::remove_security_group),
+        )
+        .route("/instances/{id}/migrate", post(instances::migrate))
         .route("/flavours", get(catalogue::flavours))
         .route("/flavours/{id}", get(catalogue::flavour))
         .route("/images", get(catalogue::images))
         .route("/images/{id}", get(catalogue::image))
         .route("/security_groups", get(catalogue::security_groups))
+        .route(
+            "/flavours/{id}/device_allocations",
+            get(capacity::flavour_device_allocations),
+        )
+        .route("/metrics", get(capacity::metrics))
+        .route("/devices", get(capacity::devices))
+        .route("/device/{device_type}/{*identifier}", get(capacity::device))
+        .route("/device_allocations", get(capacity::all_device_allocations))
+        .route(
+            "/custom_resource_classes",
+            get(capacity::custom_resource_classes),
+        )
+        .route(
+            "/hypervisor_inventories",
+            get(capacity::hypervisor_inventories),
+        )
+        .route("/hypervisor_usages", get(capacity::hypervisor_usages))
+        .route(
+            "/hypervisor_allocations",
+            get(capacity::hypervisor_allocations),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
 

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// 401: VISA reads it as an authentication failure.
     #[error("missing or invalid X-Auth-Token header")]
     Unauthorized,
+    /// 403: the request is valid but a quota forbids it.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: for an instance, VISA reads it as "deleted".
     #[error("{0}")]
     NotFound(String),
@@ -63,6 +66,7 @@ impl IntoResponse for ApiError {
         let (status, message) = match &self {
             Self::BadRequest { status, message } => (*status, message.clone()),
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, self.to_string()),
+            Self::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
             Self::NotFound(message) => (StatusCode::NOT_FOUND, message.clone()),
             Self::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
             Self::Unavailable(cause) => {

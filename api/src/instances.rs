@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -68,10 +68,17 @@ pub async fn create(
     let Json(request) = body?;
     validate(&state, &request)?;
 
-    let existing = state.view.live_by_name(&request.name);
+    // Another API replica may have recorded it, so the database is asked when the view has none.
+    let existing = match state.view.live_by_name(&request.name) {
+        Some(record) => Some(record),
+        None => state.database.find_live_by_name(&request.name).await?,
+    };
     if let Some(existing) = existing.filter(|record| record.desired != DesiredState::Deleted) {
         info!(instance = %existing.id, name = %request.name, "repeated create returns the existing instance");
         return Ok((StatusCode::CREATED, Json(json!({ "id": existing.id }))));
+    }
+    if let Some(flavour) = state.catalogue.flavour(&request.flavour_id) {
+        crate::capacity::check_quota(&state, flavour)?;
     }
 
     let id = free_id(&state, &request.name).await?;
@@ -84,6 +91,7 @@ pub async fn create(
         security_groups: request.security_groups,
         metadata: request.metadata,
         boot_command: request.boot_command,
+        node: None,
         desired: DesiredState::Running,
         action: Action::Create,
         action_at: now,
@@ -158,6 +166,17 @@ async fn act(
         )));
     }
 
+    // Starting a running instance or stopping a stopped one changes nothing, unless a failed
+    // job left a fault: then the action is the way to try again.
+    let already = matches!(
+        (action, record.desired),
+        (Action::Start, DesiredState::Running) | (Action::Stop, DesiredState::Stopped)
+    );
+    if already && record.fault.is_none() {
+        info!(instance = %id, action = action.as_str(), "action changes nothing");
+        return Ok((StatusCode::ACCEPTED, Json(json!({}))));
+    }
+
     let job_id = Uuid::new_v4().to_string();
     let Some(updated) = state
         .database
@@ -174,6 +193,157 @@ async fn act(
 
     enqueue(&state, &updated, job_id).await;
     Ok((StatusCode::ACCEPTED, Json(json!({}))))
+}
+
+/// Body of the security group endpoints.
+#[derive(Deserialize)]
+pub struct SecurityGroupName {
+    name: String,
+}
+
+pub async fn security_groups(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let record = live_record(&state, &id).await?;
+    Ok(Json(record.security_groups))
+}
+
+pub async fn add_security_group(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<SecurityGroupName>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(SecurityGroupName { name }) = body?;
+    if !state.catalogue.has_security_group(&name) {
+        return Err(ApiError::unprocessable(format!(
+            "security group {name:?} not found: use a name from /api/security_groups"
+        )));
+    }
+    change_security_groups(&state, &id, |groups| {
+        if !groups.contains(&name) {
+            groups.push(name.clone());
+        }
+    })
+    .await
+}
+
+pub async fn remove_security_group(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<SecurityGroupName>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(SecurityGroupName { name }) = body?;
+    if !state.catalogue.has_security_group(&name) {
+        return Err(ApiError::unprocessable(format!(
+            "security group {name:?} not found: use a name from /api/security_groups"
+        )));
+    }
+    change_security_groups(&state, &id, |groups| groups.retain(|group| group != &name)).await
+}
+
+/// Applies `change` to the instance's groups; an unchanged list records nothing.
+async fn change_security_groups(
+    state: &AppState,
+    id: &str,
+    change: impl FnOnce(&mut Vec<String>),
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let record = live_record(state, id).await?;
+    let mut groups = record.security_groups.clone();
+    change(&mut groups);
+    if groups == record.security_groups {
+        return Ok((StatusCode::OK, Json(json!({}))));
+    }
+
+    let job_id = Uuid::new_v4().to_string();
+    let Some(updated) = state
+        .database
+        .record_security_groups(id, &groups, &job_id, now_millis())
+        .await?
+    else {
+        return Err(ApiError::Conflict(format!(
+            "instance {id} is being deleted"
+        )));
+    };
+    state.view.put(updated.clone());
+    info!(instance = %id, job = %job_id, groups = ?groups, "security groups recorded");
+    enqueue(state, &updated, job_id).await;
+    Ok((StatusCode::OK, Json(json!({}))))
+}
+
+/// Body of `POST /api/instances/{id}/migrate`, as VISA sends it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    host: String,
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "OpenStack's option; a pod restart has no block migration"
+    )]
+    block_migration: Option<bool>,
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "OpenStack's option; Kubernetes has no disk overcommit"
+    )]
+    disk_over_commit: Option<bool>,
+}
+
+/// Moves a running instance to another node by restarting its pod there. Answers 404 when the
+/// operators turned migration off, which VISA reads as "migration not available".
+pub async fn migrate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Migration>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !state.migration_enabled {
+        return Err(ApiError::NotFound(
+            "migration is not available on this provider".to_owned(),
+        ));
+    }
+    let Json(migration) = body?;
+    let record = live_record(&state, &id).await?;
+    if !state.view.node_exists(&migration.host) {
+        return Err(ApiError::unprocessable(format!(
+            "host {:?} not found: use a node name from /api/hypervisor_inventories",
+            migration.host
+        )));
+    }
+    if record.desired != DesiredState::Running {
+        return Err(ApiError::Conflict(format!(
+            "instance {id} is not running, so it cannot migrate"
+        )));
+    }
+
+    let job_id = Uuid::new_v4().to_string();
+    let Some(updated) = state
+        .database
+        .record_migration(&id, &migration.host, &job_id, now_millis())
+        .await?
+    else {
+        return Err(ApiError::Conflict(format!(
+            "instance {id} stopped or is being deleted"
+        )));
+    };
+    state.view.put(updated.clone());
+    info!(instance = %id, job = %job_id, node = %migration.host, "migration recorded");
+    enqueue(&state, &updated, job_id).await;
+    Ok((StatusCode::ACCEPTED, Json(json!({}))))
+}
+
+/// Finds an instance that exists and is not being deleted.
+async fn live_record(state: &AppState, id: &str) -> Result<InstanceRecord, ApiError> {
+    let record = find_record(state, id).await?;
+    if record.deleted_at.is_some() {
+        return Err(not_found(id));
+    }
+    if record.desired == DesiredState::Deleted {
+        return Err(ApiError::Conflict(format!(
+            "instance {id} is being deleted"
+        )));
+    }
+    Ok(record)
 }
 
 /// Enqueues the job of a recorded intent. When Redis is down the intent stays recorded and the

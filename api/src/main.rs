@@ -1,6 +1,7 @@
 //! The API process: serves VISA's web provider API.
 
 mod app;
+mod capacity;
 mod catalogue;
 mod error;
 mod instances;
@@ -39,6 +40,22 @@ struct Args {
     #[arg(long, env = "VISA_START_GRACE_SECONDS", default_value_t = 600)]
     start_grace_seconds: u64,
 
+    /// Maximum number of instances; from the namespace's ResourceQuota or the nodes when unset.
+    #[arg(long, env = "VISA_MAX_INSTANCES")]
+    max_instances: Option<i64>,
+
+    /// Maximum cores of running instances; from the ResourceQuota or the nodes when unset.
+    #[arg(long, env = "VISA_MAX_CORES")]
+    max_cores: Option<i64>,
+
+    /// Maximum memory of running instances in MiB; from the ResourceQuota or the nodes when unset.
+    #[arg(long, env = "VISA_MAX_RAM_MIB")]
+    max_ram_mib: Option<i64>,
+
+    /// Answers 404 to migration requests, for clusters where instances must not move.
+    #[arg(long, env = "VISA_DISABLE_MIGRATION")]
+    disable_migration: bool,
+
     /// Milliseconds between reloads of changed instance records from the database.
     #[arg(long, env = "VISA_REFRESH_INTERVAL_MS", default_value_t = 1000)]
     refresh_interval_ms: u64,
@@ -67,6 +84,12 @@ async fn main() -> anyhow::Result<()> {
         queue,
         view,
         token: token.into(),
+        quota: capacity::QuotaSettings {
+            max_instances: args.max_instances,
+            max_cores: args.max_cores,
+            max_ram_mib: args.max_ram_mib,
+        },
+        migration_enabled: !args.disable_migration,
     };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -26,6 +26,8 @@ pub struct View {
     records: RwLock<HashMap<String, InstanceRecord>>,
     stateful_sets: Store<StatefulSet>,
     pods: Store<Pod>,
+    nodes: Store<Node>,
+    quotas: Store<ResourceQuota>,
     namespace: String,
     start_grace: Duration,
     first_ready: mpsc::UnboundedSender<(String, Millis)>,
@@ -49,12 +51,16 @@ impl View {
 
         let (stateful_sets, set_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
+        let (nodes, node_writer) = reflector::store();
+        let (quotas, quota_writer) = reflector::store();
         let (first_ready, first_ready_receiver) = mpsc::unbounded_channel();
 
         let view = Arc::new(Self {
             records: RwLock::new(HashMap::new()),
             stateful_sets,
             pods,
+            nodes,
+            quotas,
             namespace: namespace.to_owned(),
             start_grace,
             first_ready,
@@ -63,19 +69,34 @@ impl View {
         });
 
         let set_api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-        let pod_api: Api<Pod> = Api::namespaced(client, namespace);
+        let pod_api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let node_api: Api<Node> = Api::all(client.clone());
+        let quota_api: Api<ResourceQuota> = Api::namespaced(client, namespace);
+        let everything = watcher::Config::default();
         let set_stream = watcher(set_api, config.clone())
             .default_backoff()
             .reflect(set_writer);
         let pod_stream = watcher(pod_api, config)
             .default_backoff()
             .reflect(pod_writer);
+        let node_stream = watcher(node_api, everything.clone())
+            .default_backoff()
+            .reflect(node_writer);
+        let quota_stream = watcher(quota_api, everything)
+            .default_backoff()
+            .reflect(quota_writer);
         tokio::spawn(drain_watch(
             Arc::clone(&view),
             "StatefulSet",
             set_stream.boxed(),
         ));
         tokio::spawn(drain_watch(Arc::clone(&view), "Pod", pod_stream.boxed()));
+        tokio::spawn(drain_watch(Arc::clone(&view), "Node", node_stream.boxed()));
+        tokio::spawn(drain_watch(
+            Arc::clone(&view),
+            "ResourceQuota",
+            quota_stream.boxed(),
+        ));
 
         tokio::spawn(refresh_records(
             Arc::clone(&view),
@@ -92,6 +113,40 @@ impl View {
         self.records_loaded.load(Ordering::Acquire)
             && futures::FutureExt::now_or_never(self.stateful_sets.wait_until_ready()).is_some()
             && futures::FutureExt::now_or_never(self.pods.wait_until_ready()).is_some()
+            && futures::FutureExt::now_or_never(self.nodes.wait_until_ready()).is_some()
+            && futures::FutureExt::now_or_never(self.quotas.wait_until_ready()).is_some()
+    }
+
+    /// Returns every node, sorted by name.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        let mut nodes = self.nodes.state();
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        nodes
+    }
+
+    pub fn node_exists(&self, name: &str) -> bool {
+        self.nodes.get(&ObjectRef::new(name)).is_some()
+    }
+
+    /// Returns the ResourceQuotas of the instances' namespace.
+    pub fn quotas(&self) -> Vec<Arc<ResourceQuota>> {
+        self.quotas.state()
+    }
+
+    /// Returns every instance pod.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state()
+    }
+
+    /// Returns every record whose deletion has not finished.
+    pub fn live_records(&self) -> Vec<InstanceRecord> {
+        self.records
+            .read()
+            .expect("view lock poisoned")
+            .values()
+            .filter(|record| record.deleted_at.is_none())
+            .cloned()
+            .collect()
     }
 
     /// Stores a record written by this process, so the next read sees it without a refresh.
@@ -139,14 +194,7 @@ impl View {
 
     /// Returns every instance whose deletion has not finished, oldest first.
     pub fn instances(&self) -> Vec<Instance> {
-        let mut records: Vec<InstanceRecord> = self
-            .records
-            .read()
-            .expect("view lock poisoned")
-            .values()
-            .filter(|record| record.deleted_at.is_none())
-            .cloned()
-            .collect();
+        let mut records = self.live_records();
         records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         records
             .iter()

@@ -29,6 +29,9 @@ pub struct Catalogue {
     pub images: Vec<Image>,
     #[serde(default)]
     pub security_groups: Vec<SecurityGroup>,
+    /// Extended resources that flavours may request, such as GPUs or MIG slices.
+    #[serde(default)]
+    pub devices: Vec<Device>,
 }
 
 /// A size of instance. VISA spells it "flavour".
@@ -42,6 +45,43 @@ pub struct Flavour {
     pub ram: i64,
     /// Size of the user's volume in GiB.
     pub disk: i64,
+    /// Devices each instance of this flavour gets, in its pod's requests and limits.
+    #[serde(default)]
+    pub devices: Vec<FlavourDevice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlavourDevice {
+    /// Extended resource name, for example `nvidia.com/gpu`.
+    pub resource: String,
+    pub count: i64,
+}
+
+/// The VISA device type of an extended resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeviceType {
+    PciPassthrough,
+    VirtualGpu,
+}
+
+impl DeviceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PciPassthrough => "PCI_PASSTHROUGH",
+            Self::VirtualGpu => "VIRTUAL_GPU",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Device {
+    /// Extended resource name that a device plugin advertises on nodes.
+    pub resource: String,
+    #[serde(rename = "type")]
+    pub device_type: DeviceType,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +115,23 @@ pub struct ImagePort {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecurityGroup {
     pub name: String,
+    /// Traffic this group lets in. An instance with no group accepts no traffic.
+    #[serde(default)]
+    pub ingress: Vec<IngressRule>,
+    /// Whether the owner gets sudo in instances that hold this group, from their next start.
+    #[serde(default)]
+    pub grants_sudo: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressRule {
+    /// TCP ports; all ports when empty.
+    #[serde(default)]
+    pub ports: Vec<i32>,
+    /// Source CIDR blocks, such as `10.0.0.0/8`; any source when empty.
+    #[serde(default)]
+    pub from: Vec<String>,
 }
 
 fn default_pull_policy() -> String {
@@ -125,7 +182,17 @@ impl Catalogue {
     }
 
     pub fn has_security_group(&self, name: &str) -> bool {
-        self.security_groups.iter().any(|group| group.name == name)
+        self.security_group(name).is_some()
+    }
+
+    pub fn security_group(&self, name: &str) -> Option<&SecurityGroup> {
+        self.security_groups.iter().find(|group| group.name == name)
+    }
+
+    pub fn device(&self, resource: &str) -> Option<&Device> {
+        self.devices
+            .iter()
+            .find(|device| device.resource == resource)
     }
 
     fn validate(&self) -> Result<(), CatalogueError> {
@@ -196,6 +263,30 @@ impl Catalogue {
             }
         }
 
+        let mut resources = HashSet::new();
+        for device in &self.devices {
+            check_resource_name(&device.resource)?;
+            if !resources.insert(device.resource.as_str()) {
+                return invalid(format!("device {:?} appears twice", device.resource));
+            }
+        }
+        for flavour in &self.flavours {
+            for device in &flavour.devices {
+                if !resources.contains(device.resource.as_str()) {
+                    return invalid(format!(
+                        "flavour {:?} asks for device {:?}, which is not in devices: add it there with its type",
+                        flavour.id, device.resource
+                    ));
+                }
+                if device.count <= 0 {
+                    return invalid(format!(
+                        "flavour {:?} asks for {} of device {:?}: set a positive count",
+                        flavour.id, device.count, device.resource
+                    ));
+                }
+            }
+        }
+
         let mut names = HashSet::new();
         for group in &self.security_groups {
             if group.name.trim().is_empty() {
@@ -204,8 +295,55 @@ impl Catalogue {
             if !names.insert(group.name.as_str()) {
                 return invalid(format!("security group {:?} appears twice", group.name));
             }
+            for rule in &group.ingress {
+                if let Some(port) = rule.ports.iter().find(|port| !(1..=65535).contains(*port)) {
+                    return invalid(format!(
+                        "security group {:?} has port {port}: use a number from 1 to 65535",
+                        group.name
+                    ));
+                }
+                if let Some(cidr) = rule.from.iter().find(|cidr| !valid_cidr(cidr)) {
+                    return invalid(format!(
+                        "security group {:?} has source {cidr:?}: use a CIDR block such as 10.0.0.0/8",
+                        group.name
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Checks a Kubernetes extended resource name: a domain prefix, a slash and a name.
+fn check_resource_name(resource: &str) -> Result<(), CatalogueError> {
+    let valid = resource.split_once('/').is_some_and(|(domain, name)| {
+        !domain.is_empty()
+            && domain.contains('.')
+            && !name.is_empty()
+            && domain
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(CatalogueError::Invalid(format!(
+            "device {resource:?} is not an extended resource name: use the form vendor.com/name, such as nvidia.com/gpu"
+        )))
+    }
+}
+
+fn valid_cidr(cidr: &str) -> bool {
+    let Some((address, prefix)) = cidr.split_once('/') else {
+        return false;
+    };
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => prefix.parse::<u8>().is_ok_and(|bits| bits <= 32),
+        Ok(std::net::IpAddr::V6(_)) => prefix.parse::<u8>().is_ok_and(|bits| bits <= 128),
+        Err(_) => false,
     }
 }
 
@@ -265,6 +403,32 @@ mod tests {
         let text = "flavours: []\nimages: []\ngpus: []\n";
         let error = Catalogue::parse(text).unwrap_err().to_string();
         assert!(error.contains("gpus"), "{error}");
+    }
+
+    #[test]
+    fn flavour_device_must_be_declared() {
+        let text = "flavours:\n- {id: g, name: G, cpus: 1, ram: 1, disk: 1, devices: [{resource: nvidia.com/gpu, count: 1}]}\nimages: []\n";
+        let error = Catalogue::parse(text).unwrap_err().to_string();
+        assert!(error.contains("not in devices"), "{error}");
+    }
+
+    #[test]
+    fn device_name_is_checked() {
+        let text = "flavours: []\nimages: []\ndevices: [{resource: gpu, type: PCI_PASSTHROUGH}]\n";
+        let error = Catalogue::parse(text).unwrap_err().to_string();
+        assert!(error.contains("vendor.com/name"), "{error}");
+        let text = "flavours: []\nimages: []\ndevices: [{resource: nvidia.com/gpu, type: GPU}]\n";
+        assert!(Catalogue::parse(text).is_err());
+    }
+
+    #[test]
+    fn bad_source_cidr_is_rejected() {
+        let text = "flavours: []\nimages: []\nsecurityGroups: [{name: A, ingress: [{ports: [22], from: [10.0.0.0/33]}]}]\n";
+        let error = Catalogue::parse(text).unwrap_err().to_string();
+        assert!(error.contains("10.0.0.0/33"), "{error}");
+        assert!(valid_cidr("10.0.0.0/8"));
+        assert!(valid_cidr("fd00::/64"));
+        assert!(!valid_cidr("10.0.0.0"));
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub enum Action {
     Start,
     Stop,
     Reboot,
+    Migrate,
     Delete,
 }
 
@@ -106,6 +107,7 @@ impl Action {
             Self::Start => "start",
             Self::Stop => "stop",
             Self::Reboot => "reboot",
+            Self::Migrate => "migrate",
             Self::Delete => "delete",
         }
     }
@@ -116,6 +118,7 @@ impl Action {
             "start" => Some(Self::Start),
             "stop" => Some(Self::Stop),
             "reboot" => Some(Self::Reboot),
+            "migrate" => Some(Self::Migrate),
             "delete" => Some(Self::Delete),
             _ => None,
         }
@@ -124,7 +127,7 @@ impl Action {
     /// Returns the state this action asks for.
     pub fn desired_state(self) -> DesiredState {
         match self {
-            Self::Create | Self::Start | Self::Reboot => DesiredState::Running,
+            Self::Create | Self::Start | Self::Reboot | Self::Migrate => DesiredState::Running,
             Self::Stop => DesiredState::Stopped,
             Self::Delete => DesiredState::Deleted,
         }
@@ -151,6 +154,8 @@ pub struct InstanceRecord {
     pub security_groups: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub boot_command: Option<String>,
+    /// Node the instance is pinned to by its last migration.
+    pub node: Option<String>,
     pub desired: DesiredState,
     pub action: Action,
     pub action_at: Millis,
@@ -250,7 +255,7 @@ mod tests {
         ] {
             assert_eq!(Action::parse(action.as_str()), Some(action));
         }
-        assert_eq!(Action::parse("migrate"), None);
+        assert_eq!(Action::parse("resize"), None);
     }
 
     #[test]

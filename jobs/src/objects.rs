@@ -11,11 +11,15 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
     ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::catalogue::{Flavour, Image};
+use crate::catalogue::{Flavour, Image, SecurityGroup};
 use crate::model::{InstanceRecord, format_visa_time};
 
 pub const MAIN_CONTAINER: &str = "visa-instance-container";
@@ -34,9 +38,14 @@ pub const LABEL_IMAGE: &str = "visa-cloud-provider/image";
 pub const LABEL_OWNER: &str = "visa-cloud-provider/owner";
 pub const LABEL_UID: &str = "visa-cloud-provider/uid";
 
+pub const LABEL_SECURITY_GROUP: &str = "visa-cloud-provider/security-group";
+/// The node label that names the node; a migration pins the pod to it.
+pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+
 pub const ANNOTATION_LAST_ACTION: &str = "visa-cloud-provider/last_commanded_action";
 pub const ANNOTATION_LAST_ACTION_AT: &str = "visa-cloud-provider/last_action_datetime";
 pub const ANNOTATION_OWNER: &str = "visa-cloud-provider/owner";
+pub const ANNOTATION_SECURITY_GROUP: &str = "visa-cloud-provider/security-group";
 
 /// Selects every object this provider manages in the instances' namespace.
 pub fn managed_selector() -> String {
@@ -184,7 +193,10 @@ pub fn stateful_set(
 
     let cpu = Quantity(flavour.cpus.to_string());
     let memory = Quantity(format!("{}Mi", flavour.ram));
-    let resources = BTreeMap::from([("cpu".to_owned(), cpu), ("memory".to_owned(), memory)]);
+    let mut resources = BTreeMap::from([("cpu".to_owned(), cpu), ("memory".to_owned(), memory)]);
+    for device in &flavour.devices {
+        resources.insert(device.resource.clone(), Quantity(device.count.to_string()));
+    }
 
     let mut env = vec![EnvVar {
         name: "TZ".to_owned(),
@@ -285,6 +297,10 @@ pub fn stateful_set(
                 spec: Some(PodSpec {
                     containers: vec![container],
                     image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+                    node_selector: record
+                        .node
+                        .as_ref()
+                        .map(|node| BTreeMap::from([(LABEL_HOSTNAME.to_owned(), node.clone())])),
                     ..PodSpec::default()
                 }),
             },
@@ -326,10 +342,122 @@ pub fn service(record: &InstanceRecord, image: &Image, settings: &ObjectSettings
     }
 }
 
+/// Name of the NetworkPolicy that denies all ingress to an instance not allowed by its groups.
+pub fn deny_policy_name(id: &str) -> String {
+    format!("{id}-deny-all")
+}
+
+/// Name of the NetworkPolicy that opens an instance to one security group's traffic. A hash of
+/// the exact group name keeps names that differ only in case or punctuation apart.
+pub fn group_policy_name(id: &str, group: &str) -> String {
+    let slug: String = label_value(&group.to_ascii_lowercase())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{id}-sg-{}-{:08x}", slug.trim_matches('-'), hash as u32)
+}
+
+/// Builds the instance's NetworkPolicies: one that denies all ingress, and one per security group
+/// that allows the group's rules. Each selects only this instance's pod, so adding or removing
+/// a group changes traffic at once, without touching the pod.
+pub fn network_policies(
+    record: &InstanceRecord,
+    groups: &[&SecurityGroup],
+    settings: &ObjectSettings,
+) -> Vec<NetworkPolicy> {
+    let pod_selector = LabelSelector {
+        match_labels: Some(selector_labels(record)),
+        ..LabelSelector::default()
+    };
+    let labels = |group: Option<&str>| {
+        let mut labels = BTreeMap::from([
+            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+            (LABEL_INSTANCE_ID.to_owned(), record.id.clone()),
+        ]);
+        if let Some(group) = group {
+            labels.insert(LABEL_SECURITY_GROUP.to_owned(), label_value(group));
+        }
+        labels
+    };
+
+    let mut policies = vec![NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(deny_policy_name(&record.id)),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(labels(None)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector.clone()),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: None,
+            egress: None,
+        }),
+    }];
+
+    for group in groups {
+        let rules = group
+            .ingress
+            .iter()
+            .map(|rule| NetworkPolicyIngressRule {
+                ports: (!rule.ports.is_empty()).then(|| {
+                    rule.ports
+                        .iter()
+                        .map(|port| NetworkPolicyPort {
+                            port: Some(IntOrString::Int(*port)),
+                            protocol: Some("TCP".to_owned()),
+                            end_port: None,
+                        })
+                        .collect()
+                }),
+                from: (!rule.from.is_empty()).then(|| {
+                    rule.from
+                        .iter()
+                        .map(|cidr| NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: cidr.clone(),
+                                except: None,
+                            }),
+                            ..NetworkPolicyPeer::default()
+                        })
+                        .collect()
+                }),
+            })
+            .collect::<Vec<_>>();
+        let mut annotations = BTreeMap::new();
+        annotations.insert(ANNOTATION_SECURITY_GROUP.to_owned(), group.name.clone());
+        policies.push(NetworkPolicy {
+            metadata: ObjectMeta {
+                name: Some(group_policy_name(&record.id, &group.name)),
+                namespace: Some(settings.namespace.clone()),
+                labels: Some(labels(Some(&group.name))),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(pod_selector.clone()),
+                policy_types: Some(vec!["Ingress".to_owned()]),
+                ingress: Some(rules),
+                egress: None,
+            }),
+        });
+    }
+    policies
+}
+
+/// Selects every NetworkPolicy of one instance.
+pub fn instance_policy_selector(id: &str) -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE_ID}={id}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalogue::ImagePort;
+    use crate::catalogue::{FlavourDevice, ImagePort, IngressRule};
     use crate::model::{Action, DesiredState};
 
     fn record() -> InstanceRecord {
@@ -344,6 +472,7 @@ mod tests {
                 ("uid".to_owned(), "k3v9x2mq".to_owned()),
             ]),
             boot_command: None,
+            node: None,
             desired: DesiredState::Running,
             action: Action::Reboot,
             action_at: 1_796_396_204_123,
@@ -364,6 +493,10 @@ mod tests {
             cpus: 4,
             ram: 16384,
             disk: 50,
+            devices: vec![FlavourDevice {
+                resource: "nvidia.com/gpu".to_owned(),
+                count: 2,
+            }],
         }
     }
 
@@ -444,6 +577,8 @@ mod tests {
         assert_eq!(resources.requests, resources.limits);
         assert_eq!(resources.limits.as_ref().unwrap()["cpu"].0, "4");
         assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "16384Mi");
+        assert_eq!(resources.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
+        assert_eq!(pod.node_selector, None);
         assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 3389);
         let tz = container
             .env
@@ -478,6 +613,62 @@ mod tests {
         for value in labels.values() {
             assert!(value.len() <= 63, "{value}");
         }
+    }
+
+    #[test]
+    fn migration_pins_node() {
+        let mut record = record();
+        record.node = Some("kwok-node-1".to_owned());
+        let set = stateful_set(&record, &flavour(), &image(), &ObjectSettings::default(), 1);
+        let selector = set.spec.template.spec.unwrap().node_selector.unwrap();
+        assert_eq!(selector[LABEL_HOSTNAME], "kwok-node-1");
+    }
+
+    #[test]
+    fn policies_deny_then_allow_groups() {
+        let group = SecurityGroup {
+            name: "BL13-XALOC".to_owned(),
+            ingress: vec![IngressRule {
+                ports: vec![3389],
+                from: vec!["10.0.0.0/8".to_owned()],
+            }],
+            grants_sudo: false,
+        };
+        let policies = network_policies(&record(), &[&group], &ObjectSettings::default());
+        assert_eq!(policies.len(), 2);
+        let deny = policies[0].spec.as_ref().unwrap();
+        assert_eq!(deny.ingress, None);
+        let allow = policies[1].spec.as_ref().unwrap();
+        let rule = &allow.ingress.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(3389))
+        );
+        assert_eq!(
+            rule.from.as_ref().unwrap()[0]
+                .ip_block
+                .as_ref()
+                .unwrap()
+                .cidr,
+            "10.0.0.0/8"
+        );
+        let selector = allow
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(selector[LABEL_INSTANCE_ID], "visa-instance-1042");
+    }
+
+    #[test]
+    fn group_policy_names_stay_apart() {
+        let upper = group_policy_name("visa-instance-1", "DEFAULT");
+        let lower = group_policy_name("visa-instance-1", "default");
+        assert_ne!(upper, lower);
+        assert!(upper.starts_with("visa-instance-1-sg-default-"), "{upper}");
+        assert!(group_policy_name("i", &"x".repeat(300)).len() < 63);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
+
 use crate::catalogue::Catalogue;
 use crate::objects::ObjectSettings;
 use crate::queue::QueueTiming;
@@ -101,10 +103,17 @@ impl CommonArgs {
         let database = Database::connect(&self.database_url)
             .await
             .map_err(|error| anyhow::anyhow!("failed to open the database: {error}"))?;
-        database
-            .save_catalogue(&catalogue)
-            .await
-            .map_err(|error| anyhow::anyhow!("failed to store the catalogue: {error}"))?;
+        // API replicas and workers that start together all store the catalogue; a transaction that
+        // loses that race fails on a unique key and succeeds when tried again.
+        let save = || database.save_catalogue(&catalogue);
+        save.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(8)
+                .with_jitter(),
+        )
+        .await
+        .map_err(|error| anyhow::anyhow!("failed to store the catalogue: {error}"))?;
         Ok((database, catalogue))
     }
 }

@@ -121,6 +121,7 @@ fn pending_state(record: &InstanceRecord) -> InstanceState {
         DesiredState::Deleted => InstanceState::Deleted,
         DesiredState::Running if record.first_ready_at.is_none() => InstanceState::Building,
         DesiredState::Running if record.action == Action::Reboot => InstanceState::Rebooting,
+        DesiredState::Running if record.action == Action::Migrate => InstanceState::Migrating,
         DesiredState::Running => InstanceState::Starting,
     }
 }
@@ -277,6 +278,7 @@ mod tests {
             security_groups: Vec::new(),
             metadata: BTreeMap::new(),
             boot_command: None,
+            node: None,
             desired,
             action,
             action_at: NOW - 5_000,
@@ -398,6 +400,14 @@ mod tests {
         template.annotations = Some(BTreeMap::new());
         let observed = observe(&record, Some(&set), Some(&pod("r2", true)), NOW, GRACE);
         assert_eq!(state(&observed), InstanceState::Rebooting);
+    }
+
+    #[test]
+    fn migration_with_old_pod_is_migrating() {
+        let record = record(DesiredState::Running, Action::Migrate);
+        let set = stateful_set(&record, 4, 4, "r4");
+        let observed = observe(&record, Some(&set), Some(&pod("r3", true)), NOW, GRACE);
+        assert_eq!(state(&observed), InstanceState::Migrating);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::catalogue::{Catalogue, Flavour, Image, SecurityGroup};
+use crate::catalogue::{Catalogue, Device, Flavour, Image, SecurityGroup};
 use crate::model::{Action, DesiredState, InstanceRecord, Millis, RecordedFault};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub struct Database {
 }
 
 const INSTANCE_COLUMNS: &str = "id, name, image_id, flavour_id, security_groups, metadata, \
-    boot_command, desired, action, action_at, action_seq, applied_seq, created_at, \
+    boot_command, node, desired, action, action_at, action_seq, applied_seq, created_at, \
     first_ready_at, deleted_at, fault_message, fault_details, fault_at, updated_at";
 
 impl Database {
@@ -126,6 +126,9 @@ impl Database {
         sqlx::query("DELETE FROM security_groups")
             .execute(&mut *transaction)
             .await?;
+        sqlx::query("DELETE FROM devices")
+            .execute(&mut *transaction)
+            .await?;
 
         for (position, flavour) in catalogue.flavours.iter().enumerate() {
             sqlx::query("INSERT INTO flavours (id, position, spec) VALUES (?, ?, ?)")
@@ -152,6 +155,15 @@ impl Database {
                 .await?;
         }
 
+        for (position, device) in catalogue.devices.iter().enumerate() {
+            sqlx::query("INSERT INTO devices (resource, position, spec) VALUES (?, ?, ?)")
+                .bind(&device.resource)
+                .bind(position as i64)
+                .bind(to_json(device))
+                .execute(&mut *transaction)
+                .await?;
+        }
+
         transaction.commit().await?;
         Ok(())
     }
@@ -160,10 +172,12 @@ impl Database {
         let flavours = self.load_specs::<Flavour>("flavours").await?;
         let images = self.load_specs::<Image>("images").await?;
         let security_groups = self.load_specs::<SecurityGroup>("security_groups").await?;
+        let devices = self.load_specs::<Device>("devices").await?;
         Ok(Catalogue {
             flavours,
             images,
             security_groups,
+            devices,
         })
     }
 
@@ -217,7 +231,7 @@ impl Database {
             &mut transaction,
             job_id,
             &record.id,
-            record.action,
+            record.action.as_str(),
             record.action_seq,
             record.created_at,
         )
@@ -292,9 +306,106 @@ impl Database {
         .fetch_one(&mut *transaction)
         .await?;
         let record = record_from_row(&row)?;
-        insert_job(&mut transaction, job_id, id, action, record.action_seq, now).await?;
+        insert_job(
+            &mut transaction,
+            job_id,
+            id,
+            action.as_str(),
+            record.action_seq,
+            now,
+        )
+        .await?;
         transaction.commit().await?;
         Ok(Some(record))
+    }
+
+    /// Records a migration to `node` as the instance's intent, like `record_action`.
+    pub async fn record_migration(
+        &self,
+        id: &str,
+        node: &str,
+        job_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<InstanceRecord>> {
+        let mut transaction = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE instances SET node = ?, action = 'migrate', action_at = ?, \
+             action_seq = action_seq + 1, enqueued_at = ?, fault_message = NULL, \
+             fault_details = NULL, fault_at = NULL, updated_at = ? \
+             WHERE id = ? AND deleted_at IS NULL AND desired = 'running'",
+        )
+        .bind(node)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *transaction)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let record = select_record(&mut transaction, id).await?;
+        insert_job(
+            &mut transaction,
+            job_id,
+            id,
+            "migrate",
+            record.action_seq,
+            now,
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(Some(record))
+    }
+
+    /// Replaces the instance's security groups and adds a job that applies them. The last
+    /// action stays, so the pod template, and with it the pod, is left alone.
+    pub async fn record_security_groups(
+        &self,
+        id: &str,
+        groups: &[String],
+        job_id: &str,
+        now: Millis,
+    ) -> StoreResult<Option<InstanceRecord>> {
+        let mut transaction = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE instances SET security_groups = ?, action_seq = action_seq + 1, \
+             enqueued_at = ?, updated_at = ? \
+             WHERE id = ? AND deleted_at IS NULL AND desired <> 'deleted'",
+        )
+        .bind(to_json(&groups))
+        .bind(now)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *transaction)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let record = select_record(&mut transaction, id).await?;
+        insert_job(
+            &mut transaction,
+            job_id,
+            id,
+            "security_groups",
+            record.action_seq,
+            now,
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(Some(record))
+    }
+
+    /// Returns the instance named `name` whose deletion has not been requested, if any.
+    pub async fn find_live_by_name(&self, name: &str) -> StoreResult<Option<InstanceRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE name = ? AND deleted_at IS NULL \
+             AND desired <> 'deleted' ORDER BY created_at DESC LIMIT 1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(record_from_row).transpose()
     }
 
     pub async fn mark_first_ready(&self, id: &str, at: Millis) -> StoreResult<()> {
@@ -486,7 +597,15 @@ impl Database {
         now: Millis,
     ) -> StoreResult<()> {
         let mut transaction = self.pool.begin().await?;
-        insert_job(&mut transaction, job_id, instance_id, action, seq, now).await?;
+        insert_job(
+            &mut transaction,
+            job_id,
+            instance_id,
+            action.as_str(),
+            seq,
+            now,
+        )
+        .await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -524,7 +643,14 @@ impl Database {
 
     /// Counts the rows of each table, for tests that check nothing was left behind.
     pub async fn count_rows(&self, table: &str) -> StoreResult<i64> {
-        let allowed = ["instances", "jobs", "flavours", "images", "security_groups"];
+        let allowed = [
+            "instances",
+            "jobs",
+            "flavours",
+            "images",
+            "security_groups",
+            "devices",
+        ];
         assert!(allowed.contains(&table), "unknown table {table}");
         let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
             .fetch_one(&self.pool)
@@ -537,11 +663,24 @@ impl Database {
     }
 }
 
+async fn select_record(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+) -> StoreResult<InstanceRecord> {
+    let row = sqlx::query(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_one(&mut **transaction)
+    .await?;
+    record_from_row(&row)
+}
+
 async fn insert_job(
     transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
     job_id: &str,
     instance_id: &str,
-    action: Action,
+    action: &str,
     seq: i64,
     now: Millis,
 ) -> StoreResult<()> {
@@ -551,7 +690,7 @@ async fn insert_job(
     )
     .bind(job_id)
     .bind(instance_id)
-    .bind(action.as_str())
+    .bind(action)
     .bind(seq)
     .bind(now)
     .bind(now)
@@ -628,6 +767,7 @@ fn record_from_row(row: &AnyRow) -> StoreResult<InstanceRecord> {
         security_groups: from_json("security_groups", &security_groups)?,
         metadata: from_json::<BTreeMap<String, String>>("metadata", &metadata)?,
         boot_command: optional_text(row, "boot_command")?,
+        node: optional_text(row, "node")?,
         desired: DesiredState::parse(&desired).ok_or_else(|| StoreError::Corrupt {
             column: "desired",
             message: format!("unknown desired state {desired:?}"),

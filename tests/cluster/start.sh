@@ -8,6 +8,8 @@
 #   VISA_STATE_DIR     state folder (default /tmp/visa-k8s-provider)
 #   VISA_CLUSTER_NAME  kwokctl cluster name (default visa)
 #   VISA_NODE_COUNT    KWOK nodes kwok-node-0..N-1 (default 2)
+#   VISA_NODE_CPUS     allocatable cores of each node (default 32)
+#   VISA_NODE_MEMORY   allocatable memory of each node (default 256Gi)
 #   VISA_PV_COUNT      PersistentVolumes of class visa-local (default 60)
 set -euo pipefail
 
@@ -15,6 +17,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 node_count="${VISA_NODE_COUNT:-2}"
+node_cpus="${VISA_NODE_CPUS:-32}"
+node_memory="${VISA_NODE_MEMORY:-256Gi}"
 pv_count="${VISA_PV_COUNT:-60}"
 instances_namespace=visa-instances
 storage_class=visa-local
@@ -24,6 +28,8 @@ setup_done_mark="$cluster_dir/visa-setup-done"
 cluster_components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok-controller)
 
 [[ "$node_count" =~ ^[1-9][0-9]*$ ]] || fail "VISA_NODE_COUNT must be a positive integer, got '$node_count'"
+[[ "$node_cpus" =~ ^[1-9][0-9]*$ ]] || fail "VISA_NODE_CPUS must be a positive integer, got '$node_cpus'"
+[[ "$node_memory" =~ ^[1-9][0-9]*(Mi|Gi|Ti)$ ]] || fail "VISA_NODE_MEMORY must be a size such as 256Gi, got '$node_memory'"
 [[ "$pv_count" =~ ^[0-9]+$ ]] || fail "VISA_PV_COUNT must be a non-negative integer, got '$pv_count'"
 
 kubectl_bin="$bin_dir/kubectl"
@@ -162,14 +168,14 @@ metadata:
     type: kwok
 status:
   allocatable:
-    cpu: "32"
+    cpu: "$node_cpus"
     ephemeral-storage: 1Ti
-    memory: 256Gi
+    memory: $node_memory
     pods: "110"
   capacity:
-    cpu: "32"
+    cpu: "$node_cpus"
     ephemeral-storage: 1Ti
-    memory: 256Gi
+    memory: $node_memory
     pods: "110"
   nodeInfo:
     architecture: amd64

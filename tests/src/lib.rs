@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 use visa_jobs::store::Database;
 
+pub mod visa;
+
 pub const TEST_TOKEN: &str = "test-token-0123456789abcdef";
 pub const STORAGE_CLASS: &str = "visa-local";
 
@@ -44,6 +46,8 @@ pub struct StackOptions {
     pub lease_ttl_seconds: u64,
     pub retry_budget_seconds: u64,
     pub start_grace_seconds: u64,
+    /// Extra options for the API, such as `--max-instances 1`.
+    pub api_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -55,6 +59,7 @@ impl Default for StackOptions {
             lease_ttl_seconds: 5,
             retry_budget_seconds: 20,
             start_grace_seconds: 600,
+            api_args: Vec::new(),
         }
     }
 }
@@ -178,7 +183,8 @@ impl Stack {
                 "--start-grace-seconds",
                 &options.start_grace_seconds.to_string(),
             ])
-            .args(["--refresh-interval-ms", "200"]);
+            .args(["--refresh-interval-ms", "200"])
+            .args(&options.api_args);
         stack.api = Some(api.spawn().expect("failed to start visa-api"));
         stack.wait_until_ready().await;
 
@@ -389,7 +395,32 @@ impl Drop for Stack {
         }
         if std::thread::panicking() {
             eprintln!("test stack files are kept in {}", self.dir.display());
+            return;
         }
+
+        // Deleting the namespace frees the nodes' capacity for the tests that follow. Drop
+        // cannot await, so a thread with a runtime of its own makes the request.
+        let kubeconfig = self.kubeconfig.clone();
+        let namespace = self.namespace.clone();
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let client = kube_client(&kubeconfig).await;
+                let namespaces: Api<Namespace> = Api::all(client);
+                namespaces
+                    .delete(&namespace, &Default::default())
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(deleted, Ok(Ok(()))) {
+            eprintln!("failed to delete test namespace {}", self.namespace);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

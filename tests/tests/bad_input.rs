@@ -208,6 +208,11 @@ async fn catalogue_endpoints_match_file() {
         .unwrap();
     assert_eq!(
         groups,
-        json!(["DEFAULT", "INSTANCE_SUDOERS", "PVC_PERSISTENCE"])
+        json!([
+            "DEFAULT",
+            "INSTANCE_SUDOERS",
+            "PVC_PERSISTENCE",
+            "BL13-XALOC"
+        ])
     );
 }

@@ -91,6 +91,8 @@ async fn unschedulable_instance_errors_after_grace() {
     let stack = Stack::start(StackOptions {
         catalogue: Some(catalogue),
         start_grace_seconds: 3,
+        // Without a maximum of its own, the quota is the nodes' capacity and refuses the create.
+        api_args: vec!["--max-cores".into(), "100000".into()],
         ..StackOptions::default()
     })
     .await;

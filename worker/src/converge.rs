@@ -6,10 +6,12 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
+use visa_jobs::catalogue::SecurityGroup;
 use visa_jobs::model::{DesiredState, InstanceRecord, format_visa_time, now_millis};
 use visa_jobs::objects::{self, FIELD_MANAGER, ObjectSettings};
 use visa_jobs::queue::ConvergeInstance;
@@ -305,6 +307,13 @@ impl Converger {
             )
             .await?;
 
+        let groups = record
+            .security_groups
+            .iter()
+            .filter_map(|name| catalogue.security_group(name))
+            .collect::<Vec<_>>();
+        self.apply_network_policies(record, &groups).await?;
+
         let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.settings.namespace);
         let set = objects::stateful_set(record, flavour, image, &self.settings, replicas);
         sets.patch(&record.id, &params, &Patch::Apply(&set)).await?;
@@ -312,6 +321,40 @@ impl Converger {
 
         if replicas > 0 {
             self.replace_stale_pod(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the instance's NetworkPolicies and deletes those of groups it no longer holds.
+    async fn apply_network_policies(
+        &self,
+        record: &InstanceRecord,
+        groups: &[&SecurityGroup],
+    ) -> Result<(), ConvergeError> {
+        let policies: Api<NetworkPolicy> =
+            Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let wanted = objects::network_policies(record, groups, &self.settings);
+        for policy in &wanted {
+            let name = policy.metadata.name.as_deref().unwrap_or_default();
+            policies.patch(name, &params, &Patch::Apply(policy)).await?;
+        }
+
+        let selector = ListParams::default().labels(&objects::instance_policy_selector(&record.id));
+        for existing in policies.list(&selector).await? {
+            let name = existing.metadata.name.unwrap_or_default();
+            if !wanted
+                .iter()
+                .any(|policy| policy.metadata.name.as_deref() == Some(name.as_str()))
+            {
+                ignore_not_found(
+                    policies
+                        .delete(&name, &DeleteParams::default())
+                        .await
+                        .map(|_| ()),
+                )?;
+                info!(instance = %record.id, policy = %name, "deleted the NetworkPolicy of a removed security group");
+            }
         }
         Ok(())
     }
@@ -371,6 +414,12 @@ impl Converger {
                 .await
                 .map(|_| ()),
         )?;
+        let policies: Api<NetworkPolicy> =
+            Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let selector = ListParams::default().labels(&objects::instance_policy_selector(&record.id));
+        policies
+            .delete_collection(&DeleteParams::default(), &selector)
+            .await?;
 
         if sets.get_opt(&record.id).await?.is_some() {
             return Err(ConvergeError::Transient(format!(
