@@ -83,9 +83,21 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .route("/healthz", get(|| async { "ok" }))
+        .route("/openapi.json", get(openapi))
         .route("/readyz", get(readiness))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The OpenAPI document of `/api`, kept true by a test that checks real answers against it.
+const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// Rejects a request whose `X-Auth-Token` is missing or differs from the configured token.
