@@ -23,6 +23,32 @@ const MAX_NAME_LENGTH: usize = 255;
 /// Largest total size of the metadata keys and values, in bytes.
 const MAX_METADATA_BYTES: usize = 256 * 1024;
 
+#[cfg(test)]
+mod tests {
+    use super::valid_user_name;
+
+    #[test]
+    fn user_names() {
+        for good in ["jdoe", "_svc", "a.b-c_d", &"x".repeat(32)] {
+            assert!(valid_user_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Jdoe",
+            "1jdoe",
+            "-jdoe",
+            "j doe",
+            "jdoe;",
+            "$(id)",
+            "j\noe",
+            "jöe",
+            &"x".repeat(33),
+        ] {
+            assert!(!valid_user_name(bad), "{bad}");
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct Identifier {
     id: String,
@@ -413,6 +439,19 @@ async fn free_id(state: &AppState, name: &str) -> Result<String, ApiError> {
     )))
 }
 
+/// Checks a POSIX user name as instances' `useradd` accepts it, the same rule as the
+/// provisioning script's.
+fn valid_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    first_ok
+        && name.len() <= 32
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+}
+
 fn validate(state: &AppState, request: &CreateInstance) -> Result<(), ApiError> {
     if request.name.trim().is_empty() {
         return Err(ApiError::unprocessable(
@@ -445,6 +484,20 @@ fn validate(state: &AppState, request: &CreateInstance) -> Result<(), ApiError> 
                 "security group {group:?} not found: use a name from /api/security_groups"
             )));
         }
+    }
+
+    // The owner becomes a user inside the instance, so it must be a POSIX user name.
+    let Some(owner) = request.metadata.get("owner") else {
+        return Err(ApiError::unprocessable(
+            "metadata.owner is missing: send the owner's user name",
+        ));
+    };
+    if !valid_user_name(owner) {
+        let shown: String = owner.chars().take(64).collect();
+        return Err(ApiError::unprocessable(format!(
+            "metadata.owner {shown:?} is not a valid user name: use at most 32 characters of a-z, \
+             0-9, '_', '.' and '-', starting with a letter or '_'"
+        )));
     }
 
     let metadata_bytes: usize = request

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use k8s_openapi::api::core::v1::{Affinity, Toleration};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum CatalogueError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Catalogue {
     pub flavours: Vec<Flavour>,
@@ -35,7 +36,7 @@ pub struct Catalogue {
 }
 
 /// A size of instance. VISA spells it "flavour".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Flavour {
     pub id: String,
@@ -48,6 +49,18 @@ pub struct Flavour {
     /// Devices each instance of this flavour gets, in its pod's requests and limits.
     #[serde(default)]
     pub devices: Vec<FlavourDevice>,
+    /// StorageClass of the user's volume; the site's default class when unset.
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    /// Node labels that the pod requires, such as a GPU model.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pod tolerates, in Kubernetes' own shape.
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod affinity of the pod, in Kubernetes' own shape.
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +113,28 @@ pub struct Image {
     pub ports: Vec<ImagePort>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Directory of the image copied into a new home directory.
+    #[serde(default = "default_home_template")]
+    pub home_template: String,
+    /// Secrets in the instances' namespace used to pull this image, besides the site's own.
+    #[serde(default)]
+    pub pull_secrets: Vec<String>,
+    /// Companion containers in the same pod, such as a file API or a print server.
+    #[serde(default)]
+    pub sidecars: Vec<Sidecar>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Sidecar {
+    pub name: String,
+    pub container_image: String,
+    #[serde(default = "default_pull_policy")]
+    pub pull_policy: String,
+    #[serde(default)]
+    pub ports: Vec<ImagePort>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +171,10 @@ pub struct IngressRule {
 
 fn default_pull_policy() -> String {
     "IfNotPresent".to_owned()
+}
+
+fn default_home_template() -> String {
+    "/etc/skel".to_owned()
 }
 
 fn default_protocol() -> String {
@@ -244,7 +283,35 @@ impl Catalogue {
                     PULL_POLICIES.join(", ")
                 ));
             }
-            for port in &image.ports {
+            if !image.home_template.starts_with('/') {
+                return invalid(format!(
+                    "image {:?} has homeTemplate {:?}: use an absolute path such as /etc/skel",
+                    image.id, image.home_template
+                ));
+            }
+            let mut container_names = HashSet::from(["visa-instance-container"]);
+            for sidecar in &image.sidecars {
+                if !is_dns_label(&sidecar.name) || !container_names.insert(sidecar.name.as_str()) {
+                    return invalid(format!(
+                        "image {:?} has sidecar name {:?}: use a unique lower-case DNS label",
+                        image.id, sidecar.name
+                    ));
+                }
+                if !PULL_POLICIES.contains(&sidecar.pull_policy.as_str()) {
+                    return invalid(format!(
+                        "image {:?} sidecar {:?} has pullPolicy {:?}: use one of {}",
+                        image.id,
+                        sidecar.name,
+                        sidecar.pull_policy,
+                        PULL_POLICIES.join(", ")
+                    ));
+                }
+            }
+            for port in image
+                .ports
+                .iter()
+                .chain(image.sidecars.iter().flat_map(|sidecar| &sidecar.ports))
+            {
                 if !(1..=65535).contains(&port.port) {
                     return invalid(format!(
                         "image {:?} has port {}: use a number from 1 to 65535",
@@ -334,6 +401,16 @@ fn check_resource_name(resource: &str) -> Result<(), CatalogueError> {
             "device {resource:?} is not an extended resource name: use the form vendor.com/name, such as nvidia.com/gpu"
         )))
     }
+}
+
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 fn valid_cidr(cidr: &str) -> bool {
@@ -429,6 +506,24 @@ mod tests {
         assert!(valid_cidr("10.0.0.0/8"));
         assert!(valid_cidr("fd00::/64"));
         assert!(!valid_cidr("10.0.0.0"));
+    }
+
+    #[test]
+    fn sidecar_names_are_unique_labels() {
+        let text = "flavours: []\nimages:\n- {id: i, name: I, containerImage: x, sidecars: [{name: Print_Server, containerImage: y}]}\n";
+        let error = Catalogue::parse(text).unwrap_err().to_string();
+        assert!(error.contains("Print_Server"), "{error}");
+        let text = "flavours: []\nimages:\n- {id: i, name: I, containerImage: x, sidecars: [{name: visa-instance-container, containerImage: y}]}\n";
+        assert!(Catalogue::parse(text).is_err());
+    }
+
+    #[test]
+    fn flavour_scheduling_parses() {
+        let text = "flavours:\n- id: g\n  name: G\n  cpus: 1\n  ram: 1\n  disk: 1\n  storageClass: fast\n  nodeSelector: {gpu: a100}\n  tolerations: [{key: gpu, operator: Exists, effect: NoSchedule}]\nimages: []\n";
+        let catalogue = Catalogue::parse(text).unwrap();
+        let flavour = catalogue.flavour("g").unwrap();
+        assert_eq!(flavour.storage_class.as_deref(), Some("fast"));
+        assert_eq!(flavour.tolerations[0].operator.as_deref(), Some("Exists"));
     }
 
     #[test]

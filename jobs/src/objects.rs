@@ -7,19 +7,21 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, LocalObjectReference, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
-    ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    EnvVarSource, ExecAction, Lifecycle, LifecycleHandler, LocalObjectReference,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::catalogue::{Flavour, Image, SecurityGroup};
+use crate::catalogue::{Flavour, Image, SecurityGroup, Sidecar};
 use crate::model::{InstanceRecord, format_visa_time};
 
 pub const MAIN_CONTAINER: &str = "visa-instance-container";
@@ -65,6 +67,8 @@ pub struct ObjectSettings {
     pub image_pull_secrets: Vec<String>,
     /// Where the user's volume is mounted in the main container.
     pub volume_mount_path: String,
+    /// Numeric user id of the owner inside instances.
+    pub owner_uid: i64,
 }
 
 impl Default for ObjectSettings {
@@ -76,6 +80,7 @@ impl Default for ObjectSettings {
             time_zone: "UTC".to_owned(),
             image_pull_secrets: Vec::new(),
             volume_mount_path: "/home".to_owned(),
+            owner_uid: 1000,
         }
     }
 }
@@ -198,16 +203,7 @@ pub fn stateful_set(
         resources.insert(device.resource.clone(), Quantity(device.count.to_string()));
     }
 
-    let mut env = vec![EnvVar {
-        name: "TZ".to_owned(),
-        value: Some(settings.time_zone.clone()),
-        ..EnvVar::default()
-    }];
-    env.extend(image.env.iter().map(|(name, value)| EnvVar {
-        name: name.clone(),
-        value: Some(value.clone()),
-        ..EnvVar::default()
-    }));
+    let env = instance_env(record, image, settings);
 
     let ports = image
         .ports
@@ -231,19 +227,46 @@ pub fn stateful_set(
             limits: Some(resources),
             ..ResourceRequirements::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.to_owned(),
-            mount_path: settings.volume_mount_path.clone(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: DATA_VOLUME.to_owned(),
+                mount_path: settings.volume_mount_path.clone(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: CONFIG_VOLUME.to_owned(),
+                mount_path: CONFIG_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        lifecycle: Some(Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "/bin/sh".to_owned(),
+                        format!("{CONFIG_DIR}/provision.sh"),
+                    ]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ..Container::default()
     };
+    let mut containers = vec![container];
+    containers.extend(image.sidecars.iter().map(sidecar_container));
 
     let pull_secrets = settings
         .image_pull_secrets
         .iter()
+        .chain(&image.pull_secrets)
         .map(|name| LocalObjectReference { name: name.clone() })
         .collect::<Vec<_>>();
+    let mut node_selector = flavour.node_selector.clone();
+    if let Some(node) = &record.node {
+        node_selector.insert(LABEL_HOSTNAME.to_owned(), node.clone());
+    }
 
     let claim_template = PersistentVolumeClaim {
         metadata: ObjectMeta {
@@ -253,7 +276,10 @@ pub fn stateful_set(
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
-            storage_class_name: settings.storage_class.clone(),
+            storage_class_name: flavour
+                .storage_class
+                .clone()
+                .or_else(|| settings.storage_class.clone()),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_owned(),
@@ -295,12 +321,21 @@ pub fn stateful_set(
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![container],
+                    containers,
                     image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
-                    node_selector: record
-                        .node
-                        .as_ref()
-                        .map(|node| BTreeMap::from([(LABEL_HOSTNAME.to_owned(), node.clone())])),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
+                    tolerations: (!flavour.tolerations.is_empty())
+                        .then(|| flavour.tolerations.clone()),
+                    affinity: flavour.affinity.clone(),
+                    volumes: Some(vec![Volume {
+                        name: CONFIG_VOLUME.to_owned(),
+                        config_map: Some(ConfigMapVolumeSource {
+                            name: config_map_name(&record.id),
+                            default_mode: Some(0o444),
+                            ..ConfigMapVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
                     ..PodSpec::default()
                 }),
             },
@@ -311,7 +346,12 @@ pub fn stateful_set(
 }
 
 /// Builds the headless Service that the StatefulSet names, with the image's ports.
-pub fn service(record: &InstanceRecord, image: &Image, settings: &ObjectSettings) -> Service {
+pub fn service(
+    record: &InstanceRecord,
+    image: &Image,
+    settings: &ObjectSettings,
+    owner: Option<&OwnerReference>,
+) -> Service {
     let ports = image
         .ports
         .iter()
@@ -329,6 +369,7 @@ pub fn service(record: &InstanceRecord, image: &Image, settings: &ObjectSettings
             name: Some(service_name(&record.id)),
             namespace: Some(settings.namespace.clone()),
             labels: Some(instance_labels(record, settings)),
+            owner_references: owner.map(|owner| vec![owner.clone()]),
             ..ObjectMeta::default()
         },
         spec: Some(ServiceSpec {
@@ -340,6 +381,181 @@ pub fn service(record: &InstanceRecord, image: &Image, settings: &ObjectSettings
         }),
         status: None,
     }
+}
+
+pub const CONFIG_VOLUME: &str = "visa-config";
+/// Where the instance's ConfigMap is mounted: the provisioning script, metadata and PAM key.
+pub const CONFIG_DIR: &str = "/etc/visa";
+/// The script run after the main container starts; see its header for what it does.
+pub const PROVISION_SCRIPT: &str = include_str!("../assets/provision.sh");
+/// Metadata keys that carry keys or tokens rather than descriptions; they never become
+/// environment variables of their own.
+const METADATA_NOT_IN_ENV: [&str; 1] = ["pamPublicKey"];
+
+pub fn config_map_name(id: &str) -> String {
+    format!("{id}-visa")
+}
+
+/// Turns a metadata key into an environment variable name: `screenWidth` becomes
+/// `VISA_METADATA_SCREEN_WIDTH`. Returns `None` when no letter or digit is left.
+pub fn metadata_env_name(key: &str) -> Option<String> {
+    let mut name = String::from("VISA_METADATA_");
+    let start = name.len();
+    let mut previous_lower = false;
+    for c in key.chars() {
+        if c.is_ascii_uppercase() && previous_lower {
+            name.push('_');
+        }
+        if c.is_ascii_alphanumeric() {
+            name.push(c.to_ascii_uppercase());
+        } else if !name.ends_with('_') {
+            name.push('_');
+        }
+        previous_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
+    }
+    let trimmed = name.trim_end_matches('_').len();
+    name.truncate(trimmed);
+    (name.len() > start).then_some(name)
+}
+
+/// Builds the main container's environment: settings, the owner's identity for the
+/// provisioning script, the image's own variables, and every metadata entry as data.
+fn instance_env(record: &InstanceRecord, image: &Image, settings: &ObjectSettings) -> Vec<EnvVar> {
+    let plain = |name: &str, value: &str| EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    };
+    let mut env = vec![
+        plain("TZ", &settings.time_zone),
+        plain("VISA_INSTANCE_ID", &record.id),
+        plain("VISA_OWNER", record.owner().unwrap_or_default()),
+        plain("VISA_OWNER_UID", &settings.owner_uid.to_string()),
+        plain("VISA_HOME_TEMPLATE", &image.home_template),
+        plain("VISA_CONFIG_DIR", CONFIG_DIR),
+        EnvVar {
+            name: "VISA_PAM_PUBLIC_KEY".to_owned(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: config_map_name(&record.id),
+                    key: "pam-public-key.pem".to_owned(),
+                    optional: Some(true),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+    ];
+    env.extend(image.env.iter().map(|(name, value)| plain(name, value)));
+    for (key, value) in &record.metadata {
+        if METADATA_NOT_IN_ENV.contains(&key.as_str()) {
+            continue;
+        }
+        if let Some(name) = metadata_env_name(key) {
+            if !env.iter().any(|existing| existing.name == name) {
+                env.push(plain(&name, value));
+            }
+        }
+    }
+    env
+}
+
+fn sidecar_container(sidecar: &Sidecar) -> Container {
+    let ports = sidecar
+        .ports
+        .iter()
+        .map(|port| ContainerPort {
+            name: Some(port.name.clone()),
+            container_port: port.port,
+            protocol: Some(port.protocol.clone()),
+            ..ContainerPort::default()
+        })
+        .collect::<Vec<_>>();
+    Container {
+        name: sidecar.name.clone(),
+        image: Some(sidecar.container_image.clone()),
+        image_pull_policy: Some(sidecar.pull_policy.clone()),
+        ports: (!ports.is_empty()).then_some(ports),
+        env: Some(
+            sidecar
+                .env
+                .iter()
+                .map(|(name, value)| EnvVar {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    ..EnvVar::default()
+                })
+                .collect(),
+        ),
+        ..Container::default()
+    }
+}
+
+/// What the provisioning script grants, read from its files at every start, so a change here
+/// reaches the instance at its next start without restarting it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provisioning {
+    /// Groups the owner joins, as (name, gid).
+    pub groups: Vec<(String, i64)>,
+    pub sudo: bool,
+}
+
+/// Builds the instance's ConfigMap: the provisioning script and its inputs, the metadata as JSON,
+/// the PAM public key and the boot command, all as files under `CONFIG_DIR`.
+pub fn config_map(
+    record: &InstanceRecord,
+    provisioning: &Provisioning,
+    settings: &ObjectSettings,
+    owner: Option<&OwnerReference>,
+) -> ConfigMap {
+    let groups = provisioning
+        .groups
+        .iter()
+        .map(|(name, gid)| format!("{name}:{gid}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut data = BTreeMap::from([
+        ("provision.sh".to_owned(), PROVISION_SCRIPT.to_owned()),
+        (
+            "metadata.json".to_owned(),
+            serde_json::to_string_pretty(&record.metadata).expect("metadata serialises"),
+        ),
+        ("groups".to_owned(), groups),
+        ("sudo".to_owned(), provisioning.sudo.to_string()),
+    ]);
+    if let Some(key) = record.metadata.get("pamPublicKey") {
+        data.insert("pam-public-key.pem".to_owned(), key.clone());
+    }
+    if let Some(command) = &record.boot_command {
+        data.insert("boot-command".to_owned(), command.clone());
+    }
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(config_map_name(&record.id)),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+                (LABEL_INSTANCE_ID.to_owned(), record.id.clone()),
+            ])),
+            owner_references: owner.map(|owner| vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// Returns an owner reference to the instance's StatefulSet, so that Kubernetes' garbage
+/// collector deletes the objects that carry it with the StatefulSet.
+pub fn owner_reference(stateful_set: &StatefulSet) -> Option<OwnerReference> {
+    Some(OwnerReference {
+        api_version: "apps/v1".to_owned(),
+        kind: "StatefulSet".to_owned(),
+        name: stateful_set.metadata.name.clone()?,
+        uid: stateful_set.metadata.uid.clone()?,
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    })
 }
 
 /// Name of the NetworkPolicy that denies all ingress to an instance not allowed by its groups.
@@ -368,7 +584,9 @@ pub fn network_policies(
     record: &InstanceRecord,
     groups: &[&SecurityGroup],
     settings: &ObjectSettings,
+    owner: Option<&OwnerReference>,
 ) -> Vec<NetworkPolicy> {
+    let owner_references = owner.map(|owner| vec![owner.clone()]);
     let pod_selector = LabelSelector {
         match_labels: Some(selector_labels(record)),
         ..LabelSelector::default()
@@ -389,6 +607,7 @@ pub fn network_policies(
             name: Some(deny_policy_name(&record.id)),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels(None)),
+            owner_references: owner_references.clone(),
             ..ObjectMeta::default()
         },
         spec: Some(NetworkPolicySpec {
@@ -436,6 +655,7 @@ pub fn network_policies(
                 namespace: Some(settings.namespace.clone()),
                 labels: Some(labels(Some(&group.name))),
                 annotations: Some(annotations),
+                owner_references: owner_references.clone(),
                 ..ObjectMeta::default()
             },
             spec: Some(NetworkPolicySpec {

@@ -57,6 +57,10 @@ pub struct CommonArgs {
     #[arg(long, env = "VISA_VOLUME_MOUNT_PATH", default_value = "/home")]
     pub volume_mount_path: String,
 
+    /// Numeric user id the owner gets inside instances.
+    #[arg(long, env = "VISA_OWNER_UID", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=2_147_483_647))]
+    pub owner_uid: i64,
+
     /// Seconds between worker heartbeats in Redis.
     #[arg(long, env = "VISA_HEARTBEAT_SECONDS", default_value_t = 5)]
     pub heartbeat_seconds: u64,
@@ -80,6 +84,7 @@ impl CommonArgs {
                 .cloned()
                 .collect(),
             volume_mount_path: self.volume_mount_path.clone(),
+            owner_uid: self.owner_uid,
         }
     }
 
@@ -88,6 +93,23 @@ impl CommonArgs {
         crate::queue::connect(&self.redis_url, &self.queue, self.queue_timing())
             .await
             .map_err(|error| anyhow::anyhow!("failed to connect to Redis: {error}"))
+    }
+
+    /// Checks the settings that reach instances as data, so a bad value stops the process at
+    /// start rather than every instance at its next start.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let zone = &self.time_zone;
+        let valid_zone = !zone.is_empty()
+            && !zone.starts_with('/')
+            && !zone.ends_with('/')
+            && !zone.contains("//")
+            && zone
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '/'));
+        if !valid_zone {
+            anyhow::bail!("invalid time zone {zone:?}: use an IANA zone such as Europe/Madrid");
+        }
+        Ok(())
     }
 
     pub fn queue_timing(&self) -> QueueTiming {
@@ -99,6 +121,7 @@ impl CommonArgs {
 
     /// Connects to the database, migrates it and stores the catalogue file in it.
     pub async fn open_database(&self) -> anyhow::Result<(Database, Catalogue)> {
+        self.validate()?;
         let catalogue = Catalogue::load(&self.catalogue)?;
         let database = Database::connect(&self.database_url)
             .await

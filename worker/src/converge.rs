@@ -5,15 +5,16 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use visa_jobs::catalogue::SecurityGroup;
+use visa_jobs::catalogue::{Image, SecurityGroup};
 use visa_jobs::model::{DesiredState, InstanceRecord, format_visa_time, now_millis};
-use visa_jobs::objects::{self, FIELD_MANAGER, ObjectSettings};
+use visa_jobs::objects::{self, FIELD_MANAGER, ObjectSettings, Provisioning};
 use visa_jobs::queue::ConvergeInstance;
 use visa_jobs::store::{Database, JobStatus};
 
@@ -296,9 +297,68 @@ impl Converger {
                 details: "ImageNotFound".to_owned(),
             })?;
 
+        let groups = record
+            .security_groups
+            .iter()
+            .filter_map(|name| catalogue.security_group(name))
+            .collect::<Vec<_>>();
+        let provisioning = Provisioning {
+            groups: Vec::new(),
+            sudo: groups.iter().any(|group| group.grants_sudo),
+        };
+
+        // The owned objects go first, so the pod finds its ConfigMap and its NetworkPolicies
+        // from its first moment. A StatefulSet made by this pass gives them their owner
+        // reference in a second pass.
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let owner = sets
+            .get_opt(&record.id)
+            .await?
+            .as_ref()
+            .and_then(objects::owner_reference);
+        self.apply_owned(record, image, &groups, &provisioning, owner.as_ref())
+            .await?;
+
+        let set = objects::stateful_set(record, flavour, image, &self.settings, replicas);
+        let applied = sets.patch(&record.id, &params, &Patch::Apply(&set)).await?;
+        info!(instance = %record.id, replicas, action = record.action.as_str(), "applied StatefulSet");
+        if owner.is_none() {
+            let owner = objects::owner_reference(&applied);
+            self.apply_owned(record, image, &groups, &provisioning, owner.as_ref())
+                .await?;
+        }
+
+        if replicas > 0 {
+            self.replace_stale_pod(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the objects an instance owns besides its StatefulSet: the ConfigMap, the
+    /// headless Service and the NetworkPolicies.
+    async fn apply_owned(
+        &self,
+        record: &InstanceRecord,
+        image: &Image,
+        groups: &[&SecurityGroup],
+        provisioning: &Provisioning,
+        owner: Option<&OwnerReference>,
+    ) -> Result<(), ConvergeError> {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let config_maps: Api<ConfigMap> =
+            Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let config_map = objects::config_map(record, provisioning, &self.settings, owner);
+        config_maps
+            .patch(
+                &objects::config_map_name(&record.id),
+                &params,
+                &Patch::Apply(&config_map),
+            )
+            .await?;
+
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let service = objects::service(record, image, &self.settings);
+        let service = objects::service(record, image, &self.settings, owner);
         services
             .patch(
                 &objects::service_name(&record.id),
@@ -307,22 +367,7 @@ impl Converger {
             )
             .await?;
 
-        let groups = record
-            .security_groups
-            .iter()
-            .filter_map(|name| catalogue.security_group(name))
-            .collect::<Vec<_>>();
-        self.apply_network_policies(record, &groups).await?;
-
-        let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let set = objects::stateful_set(record, flavour, image, &self.settings, replicas);
-        sets.patch(&record.id, &params, &Patch::Apply(&set)).await?;
-        info!(instance = %record.id, replicas, action = record.action.as_str(), "applied StatefulSet");
-
-        if replicas > 0 {
-            self.replace_stale_pod(record).await?;
-        }
-        Ok(())
+        self.apply_network_policies(record, groups, owner).await
     }
 
     /// Applies the instance's NetworkPolicies and deletes those of groups it no longer holds.
@@ -330,11 +375,12 @@ impl Converger {
         &self,
         record: &InstanceRecord,
         groups: &[&SecurityGroup],
+        owner: Option<&OwnerReference>,
     ) -> Result<(), ConvergeError> {
         let policies: Api<NetworkPolicy> =
             Api::namespaced(self.client.clone(), &self.settings.namespace);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let wanted = objects::network_policies(record, groups, &self.settings);
+        let wanted = objects::network_policies(record, groups, &self.settings, owner);
         for policy in &wanted {
             let name = policy.metadata.name.as_deref().unwrap_or_default();
             policies.patch(name, &params, &Patch::Apply(policy)).await?;
@@ -418,6 +464,11 @@ impl Converger {
             Api::namespaced(self.client.clone(), &self.settings.namespace);
         let selector = ListParams::default().labels(&objects::instance_policy_selector(&record.id));
         policies
+            .delete_collection(&DeleteParams::default(), &selector)
+            .await?;
+        let config_maps: Api<ConfigMap> =
+            Api::namespaced(self.client.clone(), &self.settings.namespace);
+        config_maps
             .delete_collection(&DeleteParams::default(), &selector)
             .await?;
 
