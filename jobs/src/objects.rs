@@ -451,10 +451,10 @@ fn instance_env(record: &InstanceRecord, image: &Image, settings: &ObjectSetting
         if METADATA_NOT_IN_ENV.contains(&key.as_str()) {
             continue;
         }
-        if let Some(name) = metadata_env_name(key) {
-            if !env.iter().any(|existing| existing.name == name) {
-                env.push(plain(&name, value));
-            }
+        let name = metadata_env_name(key)
+            .filter(|name| !env.iter().any(|existing| &existing.name == name));
+        if let Some(name) = name {
+            env.push(plain(&name, value));
         }
     }
     env
@@ -717,6 +717,10 @@ mod tests {
                 resource: "nvidia.com/gpu".to_owned(),
                 count: 2,
             }],
+            storage_class: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
         }
     }
 
@@ -733,6 +737,9 @@ mod tests {
                 protocol: "TCP".to_owned(),
             }],
             env: BTreeMap::new(),
+            home_template: "/etc/skel".to_owned(),
+            pull_secrets: Vec::new(),
+            sidecars: Vec::new(),
         }
     }
 
@@ -854,7 +861,7 @@ mod tests {
             }],
             grants_sudo: false,
         };
-        let policies = network_policies(&record(), &[&group], &ObjectSettings::default());
+        let policies = network_policies(&record(), &[&group], &ObjectSettings::default(), None);
         assert_eq!(policies.len(), 2);
         let deny = policies[0].spec.as_ref().unwrap();
         assert_eq!(deny.ingress, None);
@@ -892,8 +899,37 @@ mod tests {
     }
 
     #[test]
+    fn metadata_env_names() {
+        assert_eq!(
+            metadata_env_name("screenWidth").as_deref(),
+            Some("VISA_METADATA_SCREEN_WIDTH")
+        );
+        assert_eq!(metadata_env_name("id").as_deref(), Some("VISA_METADATA_ID"));
+        assert_eq!(
+            metadata_env_name("beam line (main)").as_deref(),
+            Some("VISA_METADATA_BEAM_LINE_MAIN")
+        );
+        assert_eq!(metadata_env_name("$()"), None);
+        assert_eq!(metadata_env_name("é"), None);
+    }
+
+    #[test]
+    fn config_map_carries_provisioning() {
+        let provisioning = Provisioning {
+            groups: vec![("p1".to_owned(), 5001), ("p2".to_owned(), 5002)],
+            sudo: true,
+        };
+        let map = config_map(&record(), &provisioning, &ObjectSettings::default(), None);
+        let data = map.data.unwrap();
+        assert_eq!(data["groups"], "p1:5001,p2:5002");
+        assert_eq!(data["sudo"], "true");
+        assert_eq!(data["provision.sh"], PROVISION_SCRIPT);
+        assert!(!data.contains_key("boot-command"));
+    }
+
+    #[test]
     fn service_is_headless() {
-        let service = service(&record(), &image(), &ObjectSettings::default());
+        let service = service(&record(), &image(), &ObjectSettings::default(), None);
         let spec = service.spec.unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.ports.unwrap()[0].port, 3389);
