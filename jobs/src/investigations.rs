@@ -314,6 +314,7 @@ pub struct DirectoryContents {
     /// Entries returned by the search, usable or not.
     pub entries: u64,
     pub skipped_entries: u64,
+    /// Invalid path values dropped from entries that were used with their other paths.
     pub skipped_paths: u64,
 }
 

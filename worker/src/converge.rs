@@ -12,8 +12,9 @@ use kube::{Api, Client};
 use tracing::{info, warn};
 
 use visa_jobs::catalogue::SecurityGroup;
+use visa_jobs::investigations::{NfsSettings, data_mounts, proposals_from_metadata};
 use visa_jobs::model::{DesiredState, InstanceRecord, format_visa_time, now_millis};
-use visa_jobs::objects::{self, FIELD_MANAGER, ObjectSettings};
+use visa_jobs::objects::{self, DataMounts, FIELD_MANAGER, ObjectSettings};
 use visa_jobs::queue::ConvergeInstance;
 use visa_jobs::store::{Database, JobStatus};
 
@@ -22,6 +23,8 @@ pub struct Converger {
     pub database: Database,
     pub client: Client,
     pub settings: ObjectSettings,
+    /// How investigation data is mounted; `None` mounts none.
+    pub nfs: Option<NfsSettings>,
     pub worker_name: String,
     /// How long a worker's hold on an instance lasts without renewal.
     pub lease_ttl: Duration,
@@ -314,8 +317,9 @@ impl Converger {
             .collect::<Vec<_>>();
         self.apply_network_policies(record, &groups).await?;
 
+        let data = self.data_mounts(record).await?;
         let sets: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let set = objects::stateful_set(record, flavour, image, &self.settings, replicas);
+        let set = objects::stateful_set(record, flavour, image, &self.settings, &data, replicas);
         sets.patch(&record.id, &params, &Patch::Apply(&set)).await?;
         info!(instance = %record.id, replicas, action = record.action.as_str(), "applied StatefulSet");
 
@@ -395,6 +399,36 @@ impl Converger {
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Looks up the synced investigations of the instance's proposals and builds their NFS
+    /// mounts. Proposals that are unknown or gone get no mount.
+    async fn data_mounts(&self, record: &InstanceRecord) -> Result<DataMounts, ConvergeError> {
+        let Some(nfs) = &self.nfs else {
+            return Ok(DataMounts::default());
+        };
+        let proposals = proposals_from_metadata(&record.metadata);
+        if proposals.is_empty() {
+            return Ok(DataMounts::default());
+        }
+        let investigations = self
+            .database
+            .investigations_for_proposals(&proposals)
+            .await?;
+        let data = data_mounts(
+            &investigations,
+            nfs,
+            &[self.settings.volume_mount_path.as_str()],
+        );
+        info!(
+            instance = %record.id,
+            proposals = proposals.len(),
+            known = investigations.len(),
+            mounts = data.mounts.len(),
+            groups = ?data.supplemental_groups,
+            "resolved investigation data"
+        );
+        Ok(data)
     }
 
     /// Deletes the StatefulSet and Service and waits until the StatefulSet is gone. The volume

@@ -79,7 +79,7 @@ pub struct SyncCounts {
     pub gone: u64,
     /// Entries skipped for a missing or invalid identifier, group id or path.
     pub skipped: u64,
-    /// Invalid path values dropped from entries that were otherwise synced or skipped.
+    /// Invalid path values dropped from entries that were synced with their other paths.
     pub skipped_paths: u64,
 }
 
