@@ -384,6 +384,8 @@ async fn malformed_entries_are_skipped_and_counted() {
 struct PrivateSlapd {
     state_dir: PathBuf,
     port: u16,
+    /// Extra environment of slapd.sh, for the TLS settings.
+    env: Vec<(&'static str, String)>,
 }
 
 impl PrivateSlapd {
@@ -391,14 +393,19 @@ impl PrivateSlapd {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("services/slapd.sh")
     }
 
-    fn run(&self, action: &str) -> String {
-        let output = Command::new("bash")
+    fn command(&self, action: &str) -> Command {
+        let mut command = Command::new("bash");
+        command
             .arg(Self::script())
             .arg(action)
             .env("VISA_STATE_DIR", &self.state_dir)
             .env("VISA_LDAP_PORT", self.port.to_string())
-            .output()
-            .unwrap();
+            .envs(self.env.iter().map(|(name, value)| (*name, value)));
+        command
+    }
+
+    fn run(&self, action: &str) -> String {
+        let output = self.command(action).output().unwrap();
         assert!(
             output.status.success(),
             "slapd.sh {action} failed: {}",
@@ -407,10 +414,11 @@ impl PrivateSlapd {
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     }
 
-    fn start() -> (PrivateSlapd, String) {
+    fn start(env: Vec<(&'static str, String)>) -> (PrivateSlapd, String) {
         let slapd = PrivateSlapd {
             state_dir: scratch_dir("slapd"),
             port: free_port(),
+            env,
         };
         let url = slapd.run("start");
         (slapd, url)
@@ -419,39 +427,60 @@ impl PrivateSlapd {
     fn password_file(&self) -> PathBuf {
         self.state_dir.join("slapd/password")
     }
+
+    /// Connects as the admin and creates a unit of investigations for the test.
+    async fn directory(&self, url: &str) -> Directory {
+        let (connection, mut ldap) = LdapConnAsync::new(url).await.unwrap();
+        ldap3::drive!(connection);
+        let password = std::fs::read_to_string(self.password_file()).unwrap();
+        ldap.simple_bind(ADMIN_DN, &password)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let name = format!("t-{}", short_id());
+        let ou = format!("ou={name},{SUFFIX}");
+        ldap.add(
+            &ou,
+            vec![
+                ("objectClass", HashSet::from(["organizationalUnit"])),
+                ("ou", HashSet::from([name.as_str()])),
+            ],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+        Directory {
+            url: url.to_owned(),
+            ou,
+            ldap,
+        }
+    }
+
+    /// Sync settings for `directory` on this server.
+    fn args(&self, directory: &Directory) -> LdapArgs {
+        LdapArgs {
+            ldap_password_file: Some(self.password_file()),
+            ..directory.args()
+        }
+    }
 }
 
 impl Drop for PrivateSlapd {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(Self::script())
-            .arg("stop")
-            .env("VISA_STATE_DIR", &self.state_dir)
-            .env("VISA_LDAP_PORT", self.port.to_string())
-            .output();
+        let _ = self.command("stop").output();
     }
 }
 
 #[tokio::test]
 async fn stopped_server_keeps_last_good_data() {
-    let (slapd, url) = PrivateSlapd::start();
-    // The private server has its own admin password.
-    let (connection, mut ldap) = LdapConnAsync::new(&url).await.unwrap();
-    ldap3::drive!(connection);
+    let (slapd, url) = PrivateSlapd::start(Vec::new());
     let password = std::fs::read_to_string(slapd.password_file()).unwrap();
-    ldap.simple_bind(ADMIN_DN, &password).await.unwrap().success().unwrap();
-    let name = format!("t-{}", short_id());
-    let ou = format!("ou={name},{SUFFIX}");
-    ldap.add(&ou, vec![("objectClass", HashSet::from(["organizationalUnit"])), ("ou", HashSet::from([name.as_str()]))])
-        .await
-        .unwrap()
-        .success()
-        .unwrap();
-    let mut directory = Directory { url: url.clone(), ou, ldap };
+    let mut directory = slapd.directory(&url).await;
     add_many(&mut directory, 50).await;
 
-    let mut args = directory.args();
-    args.ldap_password_file = Some(slapd.password_file());
+    let mut args = slapd.args(&directory);
     args.ldap_retry_budget_seconds = 3;
     args.ldap_timeout_seconds = 2;
     let config = config(args);
@@ -642,6 +671,111 @@ fn admin_args() -> LdapArgs {
             ldap_sync_interval_seconds: 3600,
             ldap_retry_budget_seconds: 0,
         }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl not found: install the openssl package");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Makes a CA named `name` in `dir` and returns the path of its certificate.
+fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"), "-days", "2",
+            "-subj", &format!("/CN=VISA test {name}"),
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    dir.join(format!("{name}.pem"))
+}
+
+/// Makes a server certificate for 127.0.0.1 signed by the CA `ca`, and returns the paths of
+/// the certificate and its key.
+fn make_server_certificate(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509", "-req", "-in", "server.csr", "-CA", &format!("{ca}.pem"),
+            "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", "server.pem",
+            "-days", "2", "-extfile", "server.ext",
+        ],
+    );
+    (dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[tokio::test]
+async fn tls_verifies_server_with_ca_file() {
+    let dir = scratch_dir("tls");
+    let trusted_ca = make_ca(&dir, "trusted-ca");
+    let other_ca = make_ca(&dir, "other-ca");
+    let (certificate, key) = make_server_certificate(&dir, "trusted-ca");
+    let tls_port = free_port();
+    let (slapd, url) = PrivateSlapd::start(vec![
+        ("VISA_LDAP_TLS_CERT", certificate.display().to_string()),
+        ("VISA_LDAP_TLS_KEY", key.display().to_string()),
+        ("VISA_LDAP_TLS_PORT", tls_port.to_string()),
+    ]);
+    let mut directory = slapd.directory(&url).await;
+    add_many(&mut directory, 5).await;
+    let database = open_database(Backend::Sqlite, &dir).await;
+
+    let mut starttls = slapd.args(&directory);
+    starttls.ldap_starttls = true;
+    starttls.ldap_ca_file = Some(trusted_ca.clone());
+    let run = sync(&config(starttls.clone()), &database).await;
+    assert_succeeded(&run);
+    assert_eq!(run.counts.synced, 5);
+
+    let mut ldaps = slapd.args(&directory);
+    ldaps.ldap_url = Some(format!("ldaps://127.0.0.1:{tls_port}"));
+    ldaps.ldap_ca_file = Some(trusted_ca);
+    let run = sync(&config(ldaps.clone()), &database).await;
+    assert_succeeded(&run);
+    assert_eq!(run.counts.synced, 5);
+
+    // A server certificate from a CA that the CA file does not hold is rejected.
+    starttls.ldap_ca_file = Some(other_ca.clone());
+    let run = sync(&config(starttls), &database).await;
+    assert_eq!(run.result, SyncResult::Failed);
+    let error = run.error.unwrap();
+    assert!(error.contains("failed to connect"), "{error}");
+    assert!(error.contains("UnknownIssuer"), "{error}");
+
+    ldaps.ldap_ca_file = Some(other_ca);
+    let run = sync(&config(ldaps.clone()), &database).await;
+    assert_eq!(run.result, SyncResult::Failed);
+    assert!(run.error.unwrap().contains("UnknownIssuer"));
+
+    // Without a CA file the system's CAs are used, and they do not know the test CA either.
+    ldaps.ldap_ca_file = None;
+    let run = sync(&config(ldaps), &database).await;
+    assert_eq!(run.result, SyncResult::Failed);
+    assert!(run.error.unwrap().contains("UnknownIssuer"));
 }
 
 #[tokio::test]
