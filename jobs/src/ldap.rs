@@ -578,6 +578,13 @@ mod tests {
             path.to_str().unwrap(),
         ];
         assert!(config_error(&extra).contains("contains no PEM certificate"));
+
+        std::fs::write(
+            &path,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(config_error(&extra).contains("invalid certificate in the CA file"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

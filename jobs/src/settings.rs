@@ -238,3 +238,37 @@ impl NfsArgs {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        nfs: NfsArgs,
+    }
+
+    fn nfs(args: &[&str]) -> anyhow::Result<Option<NfsSettings>> {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        Command::try_parse_from(argv).unwrap().nfs.nfs_settings()
+    }
+
+    #[test]
+    fn nfs_settings() {
+        assert_eq!(nfs(&[]).unwrap(), None);
+        let settings = nfs(&["--nfs-server", "nfs.example.org"]).unwrap().unwrap();
+        assert!(settings.read_only);
+        assert_eq!(settings.mount_path, "{path}");
+        let settings = nfs(&["--nfs-server", "nfs.example.org", "--nfs-read-write"])
+            .unwrap()
+            .unwrap();
+        assert!(!settings.read_only);
+        let error = nfs(&["--nfs-server", "x", "--nfs-mount-path", "data/{proposal}"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("invalid --nfs-mount-path"), "{error}");
+    }
+}

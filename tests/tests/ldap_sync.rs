@@ -529,9 +529,18 @@ async fn stopped_server_keeps_last_good_data() {
     assert!(gone.gone_at.is_some());
 }
 
-/// Forwards connections to `target`, and closes each one after `cut_after` bytes from the
-/// server, as a server that dies mid-answer would.
-async fn cutting_proxy(target: &str, cut_after: usize) -> SocketAddr {
+/// What the proxy does after the set number of bytes from the server.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// Closes the connection, as a server that dies mid-answer would.
+    Close,
+    /// Keeps the connection open and forwards nothing more, as a hung server would.
+    Stall,
+}
+
+/// Forwards connections to `target` until `cut_after` bytes came from the server, then cuts
+/// each connection as `cut` says.
+async fn cutting_proxy(target: &str, cut_after: usize, cut: Cut) -> SocketAddr {
     let target = target.trim_start_matches("ldap://").to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -556,7 +565,11 @@ async fn cutting_proxy(target: &str, cut_after: usize) -> SocketAddr {
                     }
                     forwarded += read;
                 }
+                if let Cut::Stall = cut {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
                 upstream.abort();
+                drop(client_write);
             });
         }
     });
@@ -581,13 +594,24 @@ async fn connection_cut_mid_search_changes_nothing() {
         let dn = directory.dn(&proposal(index));
         directory.delete(&dn).await;
     }
-    let proxy = cutting_proxy(&url, 6000).await;
+    let proxy = cutting_proxy(&url, 6000, Cut::Close).await;
     let mut cut = config.clone();
     cut.url = format!("ldap://{proxy}");
     let failed = sync(&cut, &database).await;
     assert_eq!(failed.result, SyncResult::Failed);
     let error = failed.error.unwrap();
     assert!(error.contains("search under"), "{error}");
+    assert_eq!(database.count_investigations().await.unwrap(), (300, 0), "nothing marked gone");
+
+    // A server that stops answering mid-search is timed out, with the same result.
+    let proxy = cutting_proxy(&url, 6000, Cut::Stall).await;
+    let mut stalled = config.clone();
+    stalled.url = format!("ldap://{proxy}");
+    stalled.timeout = Duration::from_secs(1);
+    let failed = sync(&stalled, &database).await;
+    assert_eq!(failed.result, SyncResult::Failed);
+    let error = failed.error.unwrap();
+    assert!(error.contains("timed out after 1 s while searching"), "{error}");
     assert_eq!(database.count_investigations().await.unwrap(), (300, 0), "nothing marked gone");
 
     let complete = sync(&config, &database).await;
@@ -650,6 +674,78 @@ async fn silent_server_times_out() {
     assert!(error.contains("timed out after 1 s while binding"), "{error}");
     assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    // Over ldaps:// the TLS handshake waits for the server, within the connection time-out.
+    let mut args = LdapArgs {
+        ldap_url: Some(format!("ldaps://{address}")),
+        ldap_base_dn: Some(SUFFIX.to_owned()),
+        ..admin_args()
+    };
+    args.ldap_timeout_seconds = 1;
+    let failed = sync(&config(args), &database).await;
+    let error = failed.error.unwrap();
+    assert!(error.contains("timed out after 1 s while connecting"), "{error}");
+}
+
+#[tokio::test]
+async fn missing_base_is_a_failed_search() {
+    let url = required_env("VISA_TEST_LDAP_URL");
+    let database = open_database(Backend::Sqlite, &scratch_dir("no-base")).await;
+    let args = LdapArgs {
+        ldap_url: Some(url),
+        ldap_base_dn: Some(format!("ou=missing-{},{SUFFIX}", short_id())),
+        ..admin_args()
+    };
+    let failed = sync(&config(args), &database).await;
+    assert_eq!(failed.result, SyncResult::Failed);
+    let error = failed.error.unwrap();
+    assert!(error.contains("failed after 0 pages"), "{error}");
+    assert!(error.contains("noSuchObject"), "{error}");
+}
+
+#[tokio::test]
+async fn database_failures_are_reported() {
+    let url = required_env("VISA_TEST_LDAP_URL");
+    let mut directory = Directory::create(&url).await;
+    add_many(&mut directory, 3).await;
+    let database = open_database(Backend::Sqlite, &scratch_dir("db-failure")).await;
+
+    sqlx::query("DROP TABLE investigations")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    let failed = sync(&directory.config(), &database).await;
+    assert_eq!(failed.result, SyncResult::Failed);
+    let error = failed.error.unwrap();
+    assert!(error.contains("failed to store the investigations"), "{error}");
+
+    // Without its table a run cannot be recorded, and run_sync returns the error.
+    sqlx::query("DROP TABLE ldap_sync_runs")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    let error = run_sync(&directory.config(), &database, "manual", None)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("ldap_sync_runs"), "{error}");
+    directory.remove().await;
+}
+
+#[tokio::test]
+async fn corrupt_group_id_is_reported() {
+    let database = open_database(Backend::Sqlite, &scratch_dir("corrupt")).await;
+    sqlx::query(
+        "INSERT INTO investigations (proposal, paths, group_id, first_seen, last_seen, gone_at, \
+         updated_at) VALUES ('p1', '[\"/data/p1\"]', -1, 0, 0, NULL, 0)",
+    )
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let error = database
+        .investigations_for_proposals(&["p1".to_owned()])
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("group id -1 of p1 is out of range"), "{error}");
 }
 
 /// Sync settings with the defaults of `visa-worker`, bound as the shared slapd's admin, with no
@@ -885,6 +981,30 @@ async fn sync_and_status_subcommands() {
     let off = worker_command(&database_url, &["ldap-sync"]);
     assert_eq!(off.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&off.stderr).contains("LDAP sync is off"));
+
+    let missing_dir = scratch_dir("commands-missing").join("no/such/dir/provider.db");
+    let unopenable = visa_jobs::store::sqlite_url(&missing_dir);
+    let status = worker_command(&unopenable, &["ldap-status"]);
+    assert_eq!(status.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("failed to open the database"), "{stderr}");
+
+    // A database that lost its run table fails both commands with a message that says so.
+    let database = Database::connect(&database_url).await.unwrap();
+    sqlx::query("DROP TABLE ldap_sync_runs")
+        .execute(database.pool())
+        .await
+        .unwrap();
+    let status = worker_command(&database_url, &["ldap-status"]);
+    assert_eq!(status.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("failed to read the LDAP sync status"), "{stderr}");
+    let mut args = vec!["ldap-sync"];
+    args.extend(ldap_args);
+    let synced = worker_command(&database_url, &args);
+    assert_eq!(synced.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&synced.stderr);
+    assert!(stderr.contains("failed to record the LDAP sync run"), "{stderr}");
     directory.remove().await;
 }
 
@@ -936,6 +1056,8 @@ async fn instance_mounts_synced_investigations() {
         "nfs.visa.test",
         "--nfs-mount-path",
         "/data/{proposal}",
+        "--ldap-sync-interval-seconds",
+        "2",
     ];
     let stack = Stack::start(StackOptions {
         worker_args: worker_args.iter().map(|arg| arg.to_string()).collect(),
@@ -1008,6 +1130,51 @@ async fn instance_mounts_synced_investigations() {
         .and_then(|context| context.supplemental_groups);
     assert_eq!(pod_groups, Some(vec![5001]));
 
+    // The schedule's failures are logged and the worker goes on.
+    sqlx::query("DROP TABLE ldap_sync_runs")
+        .execute(stack.database.pool())
+        .await
+        .unwrap();
+    wait_for_log(&stack, "failed to record the LDAP sync run").await;
+    sqlx::query("DROP TABLE schedules")
+        .execute(stack.database.pool())
+        .await
+        .unwrap();
+    wait_for_log(&stack, "failed to read the LDAP sync schedule").await;
+
     drop(stack);
     directory.remove().await;
+}
+
+async fn wait_for_log(stack: &Stack, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stack.log("worker-0").contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not log {text:?}:\n{}",
+            stack.log("worker-0")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn unreadable_investigations_fault_the_instance() {
+    let stack = Stack::start(StackOptions {
+        retry_budget_seconds: 2,
+        worker_args: vec!["--nfs-server".to_owned(), "nfs.visa.test".to_owned()],
+        ..StackOptions::default()
+    })
+    .await;
+    sqlx::query("DROP TABLE investigations")
+        .execute(stack.database.pool())
+        .await
+        .unwrap();
+
+    let id = stack.create(&format!("VISA_INSTANCE-{}", short_id())).await;
+    let instance = stack.wait_for_state(&id, "ERROR", WAIT).await;
+    let message = instance["fault"]["message"].as_str().unwrap();
+    assert!(message.contains("investigations"), "{message}");
+    let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), &stack.namespace);
+    assert!(sets.get_opt(&id).await.unwrap().is_none(), "no StatefulSet without its data");
 }

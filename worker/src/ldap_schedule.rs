@@ -43,16 +43,11 @@ pub async fn run(database: Database, config: LdapConfig, worker_name: String) {
         }
 
         // run_sync logs the outcome; an error here means the run could not be recorded.
+        // NOTE: a run that retries for longer than the interval can overlap the next one on
+        // another worker. Both write the same directory in transactions, and a write that
+        // collides fails and is retried.
         if let Err(error) = run_sync(&config, &database, "schedule", Some(&worker_name)).await {
             warn!(%error, "failed to record the LDAP sync run");
-        }
-        // The next sync is due one interval after this one ended, so a run that spent long in
-        // retries is not followed at once by another on a second worker.
-        if let Err(error) = database
-            .set_schedule_due(LDAP_SYNC_SCHEDULE, now_millis() + interval_ms)
-            .await
-        {
-            warn!(%error, "failed to set the next LDAP sync time");
         }
     }
 }

@@ -377,16 +377,6 @@ impl Database {
             .await?;
         Ok(taken.rows_affected() == 1)
     }
-
-    /// Sets when the scheduled job `name` is next due.
-    pub async fn set_schedule_due(&self, name: &str, due_at: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE schedules SET due_at = ? WHERE name = ?")
-            .bind(due_at)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
 }
 
 fn placeholders(count: usize) -> String {
