@@ -130,7 +130,9 @@ pub enum EntryRejection {
     MissingGroupId(String),
     #[error("{count} values of {attribute}, expected one")]
     SeveralGroupIds { attribute: String, count: usize },
-    #[error("invalid group id {value:?} in {attribute}: expected a number from 1 to {MAX_GROUP_ID}")]
+    #[error(
+        "invalid group id {value:?} in {attribute}: expected a number from 1 to {MAX_GROUP_ID}"
+    )]
     InvalidGroupId { attribute: String, value: String },
     #[error("no {0} attribute")]
     NoPath(String),
@@ -321,7 +323,10 @@ pub struct DirectoryContents {
 /// Parses every entry of a search, logging one line per skipped entry and per dropped path.
 /// Two valid entries with one proposal identifier are merged when their group ids agree.
 /// When they disagree, neither is used.
-pub fn parse_directory(entries: &[ldap3::SearchEntry], names: &AttributeNames) -> DirectoryContents {
+pub fn parse_directory(
+    entries: &[ldap3::SearchEntry],
+    names: &AttributeNames,
+) -> DirectoryContents {
     let mut contents = DirectoryContents {
         entries: entries.len() as u64,
         ..DirectoryContents::default()
@@ -527,7 +532,10 @@ mod tests {
 
     #[test]
     fn path_validation_accepts_and_normalises() {
-        assert_eq!(validate_data_path("/data/2025/p1").unwrap(), "/data/2025/p1");
+        assert_eq!(
+            validate_data_path("/data/2025/p1").unwrap(),
+            "/data/2025/p1"
+        );
         assert_eq!(validate_data_path("/data//p1/./").unwrap(), "/data/p1");
         assert_eq!(validate_data_path("/data/p 1").unwrap(), "/data/p 1");
         assert_eq!(validate_data_path("/data/..x").unwrap(), "/data/..x");
@@ -559,7 +567,18 @@ mod tests {
     fn group_id_parsing() {
         assert_eq!(parse_group_id("5001"), Some(5001));
         assert_eq!(parse_group_id("4294967294"), Some(MAX_GROUP_ID));
-        for bad in ["", "abc", "-5", "+5", "0", " 5001", "5001 ", "4294967295", "99999999999", "1e3"] {
+        for bad in [
+            "",
+            "abc",
+            "-5",
+            "+5",
+            "0",
+            " 5001",
+            "5001 ",
+            "4294967295",
+            "99999999999",
+            "1e3",
+        ] {
             assert_eq!(parse_group_id(bad), None, "{bad:?}");
         }
     }
@@ -600,7 +619,11 @@ mod tests {
         let parsed = parse_entry(
             &entry(
                 "cn=1,dc=test",
-                &[("CN", &["1"]), ("gidnumber", &["7"]), ("Description", &["/d"])],
+                &[
+                    ("CN", &["1"]),
+                    ("gidnumber", &["7"]),
+                    ("Description", &["/d"]),
+                ],
             ),
             &names(),
         )
@@ -641,7 +664,11 @@ mod tests {
             (
                 entry(
                     "cn=x",
-                    &[("cn", &["1", "2"]), ("gidNumber", &["7"]), ("description", &["/d"])],
+                    &[
+                        ("cn", &["1", "2"]),
+                        ("gidNumber", &["7"]),
+                        ("description", &["/d"]),
+                    ],
                 ),
                 EntryRejection::SeveralIdentifiers {
                     attribute: "cn".to_owned(),
@@ -652,7 +679,11 @@ mod tests {
             (
                 entry(
                     "cn=x",
-                    &[("cn", &["../1"]), ("gidNumber", &["7"]), ("description", &["/d"])],
+                    &[
+                        ("cn", &["../1"]),
+                        ("gidNumber", &["7"]),
+                        ("description", &["/d"]),
+                    ],
                 ),
                 EntryRejection::InvalidIdentifier("../1".to_owned()),
                 None,
@@ -665,7 +696,11 @@ mod tests {
             (
                 entry(
                     "cn=x",
-                    &[("cn", &["1"]), ("gidNumber", &["abc"]), ("description", &["/d"])],
+                    &[
+                        ("cn", &["1"]),
+                        ("gidNumber", &["abc"]),
+                        ("description", &["/d"]),
+                    ],
                 ),
                 EntryRejection::InvalidGroupId {
                     attribute: "gidNumber".to_owned(),
@@ -676,7 +711,11 @@ mod tests {
             (
                 entry(
                     "cn=x",
-                    &[("cn", &["1"]), ("gidNumber", &["7", "8"]), ("description", &["/d"])],
+                    &[
+                        ("cn", &["1"]),
+                        ("gidNumber", &["7", "8"]),
+                        ("description", &["/d"]),
+                    ],
                 ),
                 EntryRejection::SeveralGroupIds {
                     attribute: "gidNumber".to_owned(),
@@ -692,7 +731,11 @@ mod tests {
             (
                 entry(
                     "cn=x",
-                    &[("cn", &["1"]), ("gidNumber", &["7"]), ("description", &["rel", "/"])],
+                    &[
+                        ("cn", &["1"]),
+                        ("gidNumber", &["7"]),
+                        ("description", &["rel", "/"]),
+                    ],
                 ),
                 EntryRejection::NoValidPath(2),
                 Some("1"),
@@ -712,17 +755,55 @@ mod tests {
             .bin_attrs
             .insert("gidNumber".to_owned(), vec![vec![0xff, 0xfe]]);
         let skipped = parse_entry(&binary, &names()).unwrap_err();
-        assert!(matches!(skipped.reason, EntryRejection::InvalidGroupId { .. }));
+        assert!(matches!(
+            skipped.reason,
+            EntryRejection::InvalidGroupId { .. }
+        ));
     }
 
     #[test]
     fn directory_merges_and_counts() {
         let entries = [
-            entry("cn=a1", &[("cn", &["a"]), ("gidNumber", &["1"]), ("description", &["/a1"])]),
-            entry("cn=a2", &[("cn", &["a"]), ("gidNumber", &["1"]), ("description", &["/a2", "x"])]),
-            entry("cn=b1", &[("cn", &["b"]), ("gidNumber", &["2"]), ("description", &["/b"])]),
-            entry("cn=b2", &[("cn", &["b"]), ("gidNumber", &["3"]), ("description", &["/b"])]),
-            entry("cn=b3", &[("cn", &["b"]), ("gidNumber", &["2"]), ("description", &["/b"])]),
+            entry(
+                "cn=a1",
+                &[
+                    ("cn", &["a"]),
+                    ("gidNumber", &["1"]),
+                    ("description", &["/a1"]),
+                ],
+            ),
+            entry(
+                "cn=a2",
+                &[
+                    ("cn", &["a"]),
+                    ("gidNumber", &["1"]),
+                    ("description", &["/a2", "x"]),
+                ],
+            ),
+            entry(
+                "cn=b1",
+                &[
+                    ("cn", &["b"]),
+                    ("gidNumber", &["2"]),
+                    ("description", &["/b"]),
+                ],
+            ),
+            entry(
+                "cn=b2",
+                &[
+                    ("cn", &["b"]),
+                    ("gidNumber", &["3"]),
+                    ("description", &["/b"]),
+                ],
+            ),
+            entry(
+                "cn=b3",
+                &[
+                    ("cn", &["b"]),
+                    ("gidNumber", &["2"]),
+                    ("description", &["/b"]),
+                ],
+            ),
             entry("cn=c", &[("cn", &["c"]), ("description", &["/c"])]),
             entry("cn=d", &[("gidNumber", &["4"]), ("description", &["/d"])]),
         ];
@@ -802,7 +883,11 @@ mod tests {
             &nfs("/data/{proposal}"),
             &["/home"],
         );
-        let mount_paths: Vec<&str> = mounts.mounts.iter().map(|m| m.mount_path.as_str()).collect();
+        let mount_paths: Vec<&str> = mounts
+            .mounts
+            .iter()
+            .map(|m| m.mount_path.as_str())
+            .collect();
         assert_eq!(mount_paths, ["/data/p1", "/data/p1-2", "/data/p1-3"]);
     }
 
@@ -818,7 +903,11 @@ mod tests {
         );
         assert_eq!(mounts.mounts.len(), 1);
         assert_eq!(mounts.mounts[0].path, "/data/p2");
-        assert_eq!(mounts.supplemental_groups, [5002], "p1 has no mount, so no group");
+        assert_eq!(
+            mounts.supplemental_groups,
+            [5002],
+            "p1 has no mount, so no group"
+        );
     }
 
     #[test]

@@ -133,10 +133,16 @@ impl LdapArgs {
             .filter(|base| !base.is_empty())
             .ok_or_else(|| anyhow::anyhow!("--ldap-url is set but --ldap-base-dn is missing"))?;
         ldap3::parse_filter(&self.ldap_filter).map_err(|_| {
-            anyhow::anyhow!("invalid --ldap-filter {:?}: not an LDAP filter (RFC 4515)", self.ldap_filter)
+            anyhow::anyhow!(
+                "invalid --ldap-filter {:?}: not an LDAP filter (RFC 4515)",
+                self.ldap_filter
+            )
         })?;
         for (option, name) in [
-            ("--ldap-identifier-attribute", &self.ldap_identifier_attribute),
+            (
+                "--ldap-identifier-attribute",
+                &self.ldap_identifier_attribute,
+            ),
             ("--ldap-path-attribute", &self.ldap_path_attribute),
             ("--ldap-group-id-attribute", &self.ldap_group_id_attribute),
         ] {
@@ -209,15 +215,15 @@ fn tls_config(path: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
             anyhow::anyhow!("failed to read the CA file {}: {error}", path.display())
         })?;
     if certificates.is_empty() {
-        anyhow::bail!(
-            "the CA file {} contains no PEM certificate",
-            path.display()
-        );
+        anyhow::bail!("the CA file {} contains no PEM certificate", path.display());
     }
     let mut roots = rustls::RootCertStore::empty();
     for certificate in certificates {
         roots.add(certificate).map_err(|error| {
-            anyhow::anyhow!("invalid certificate in the CA file {}: {error}", path.display())
+            anyhow::anyhow!(
+                "invalid certificate in the CA file {}: {error}",
+                path.display()
+            )
         })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -234,9 +240,8 @@ impl PasswordSource {
         let password = match self {
             Self::Environment(Password(password)) => password.clone(),
             Self::File(path) => {
-                let mut password = std::fs::read_to_string(path).map_err(|error| {
-                    SyncError::Password(format!("{}: {error}", path.display()))
-                })?;
+                let mut password = std::fs::read_to_string(path)
+                    .map_err(|error| SyncError::Password(format!("{}: {error}", path.display())))?;
                 if password.ends_with('\n') {
                     password.pop();
                     if password.ends_with('\r') {
@@ -298,7 +303,10 @@ pub async fn read_directory(config: &LdapConfig) -> Result<DirectoryRead, SyncEr
     result
 }
 
-async fn search_all(config: &LdapConfig, ldap: &mut ldap3::Ldap) -> Result<DirectoryRead, SyncError> {
+async fn search_all(
+    config: &LdapConfig,
+    ldap: &mut ldap3::Ldap,
+) -> Result<DirectoryRead, SyncError> {
     if let Some(bind) = &config.bind {
         let password = bind.password.read()?;
         let bind_error = |message: String| SyncError::Bind {
@@ -436,11 +444,22 @@ pub async fn run_sync(
         }
         Err(error) => {
             warn!(run = %id, attempts, %error, "LDAP sync failed; the stored investigations are unchanged");
-            (SyncResult::Failed, SyncCounts::default(), Some(error.to_string()))
+            (
+                SyncResult::Failed,
+                SyncCounts::default(),
+                Some(error.to_string()),
+            )
         }
     };
     database
-        .finish_ldap_sync(&id, result, attempts, &counts, error.as_deref(), finished_at)
+        .finish_ldap_sync(
+            &id,
+            result,
+            attempts,
+            &counts,
+            error.as_deref(),
+            finished_at,
+        )
         .await?;
     Ok(LdapSyncRun {
         id,

@@ -152,7 +152,11 @@ pub struct LdapArgs {
     pub ldap_base_dn: Option<String>,
 
     /// Search filter that selects the investigation entries under the base (subtree scope).
-    #[arg(long, env = "VISA_LDAP_FILTER", default_value = "(objectClass=posixGroup)")]
+    #[arg(
+        long,
+        env = "VISA_LDAP_FILTER",
+        default_value = "(objectClass=posixGroup)"
+    )]
     pub ldap_filter: String,
 
     /// Attribute that holds the proposal identifier VISA sends in `proposals`.
@@ -165,7 +169,11 @@ pub struct LdapArgs {
     pub ldap_path_attribute: String,
 
     /// Attribute that holds the numeric group id that grants access to the data paths.
-    #[arg(long, env = "VISA_LDAP_GROUP_ID_ATTRIBUTE", default_value = "gidNumber")]
+    #[arg(
+        long,
+        env = "VISA_LDAP_GROUP_ID_ATTRIBUTE",
+        default_value = "gidNumber"
+    )]
     pub ldap_group_id_attribute: String,
 
     /// DN to bind as; the sync binds anonymously when unset.

@@ -16,8 +16,7 @@ use crate::model::{Action, DesiredState, InstanceRecord, Millis, RecordedFault};
 mod investigations;
 
 pub use investigations::{
-    DirectoryChanges, LDAP_SYNC_SCHEDULE, LdapSyncRun, StoredInvestigation, SyncCounts,
-    SyncResult,
+    DirectoryChanges, LDAP_SYNC_SCHEDULE, LdapSyncRun, StoredInvestigation, SyncCounts, SyncResult,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -217,9 +217,15 @@ async fn sync_follows_directory(backend: Backend) {
 
     // A changed path, a changed group id, an added and a removed investigation.
     directory
-        .replace(&proposal(1), "description", &["/data/moved/p1", "/data/extra/p1"])
+        .replace(
+            &proposal(1),
+            "description",
+            &["/data/moved/p1", "/data/extra/p1"],
+        )
         .await;
-    directory.replace(&proposal(2), "gidNumber", &["20002"]).await;
+    directory
+        .replace(&proposal(2), "gidNumber", &["20002"])
+        .await;
     directory
         .add_investigation(&proposal(300), 10_300, &["/data/2025/new"])
         .await;
@@ -241,17 +247,33 @@ async fn sync_follows_directory(backend: Backend) {
     );
     let regrouped = database.investigation(&proposal(2)).await.unwrap().unwrap();
     assert_eq!(regrouped.investigation.group_id, 20_002);
-    let added = database.investigation(&proposal(300)).await.unwrap().unwrap();
+    let added = database
+        .investigation(&proposal(300))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(added.investigation.paths, ["/data/2025/new"]);
     let removed = database.investigation(&proposal(3)).await.unwrap().unwrap();
-    assert!(removed.gone_at.is_some(), "a removed investigation is marked gone");
-    assert_eq!(removed.investigation.paths, [data_path(3)], "its data is kept");
+    assert!(
+        removed.gone_at.is_some(),
+        "a removed investigation is marked gone"
+    );
+    assert_eq!(
+        removed.investigation.paths,
+        [data_path(3)],
+        "its data is kept"
+    );
     assert_eq!(removed.first_seen, stored.first_seen);
     assert_eq!(database.count_investigations().await.unwrap(), (300, 1));
 
     // Instances resolve only investigations that are not gone, in the order asked.
     let resolved = database
-        .investigations_for_proposals(&[proposal(2), proposal(3), "unknown".to_owned(), proposal(1)])
+        .investigations_for_proposals(&[
+            proposal(2),
+            proposal(3),
+            "unknown".to_owned(),
+            proposal(1),
+        ])
         .await
         .unwrap();
     let names: Vec<&str> = resolved.iter().map(|i| i.proposal.as_str()).collect();
@@ -270,7 +292,14 @@ async fn sync_follows_directory(backend: Backend) {
 
     let fourth = sync(&config, &database).await;
     assert_succeeded(&fourth);
-    assert_eq!((fourth.counts.added, fourth.counts.changed, fourth.counts.gone), (0, 0, 0));
+    assert_eq!(
+        (
+            fourth.counts.added,
+            fourth.counts.changed,
+            fourth.counts.gone
+        ),
+        (0, 0, 0)
+    );
     assert_eq!(fourth.counts.synced, 301);
     let unchanged = database.investigation(&proposal(7)).await.unwrap().unwrap();
     assert!(unchanged.last_seen >= fourth.started_at);
@@ -335,17 +364,91 @@ async fn add_role(directory: &mut Directory, cn: &str, attributes: &[(&str, &[&s
 async fn malformed_entries_are_skipped_and_counted() {
     let url = required_env("VISA_TEST_LDAP_URL");
     let mut directory = Directory::create(&url).await;
-    add_role(&mut directory, "good-1", &[("roomNumber", &["5001"]), ("description", &["/data/good-1"])]).await;
-    add_role(&mut directory, "good-2", &[("roomNumber", &["5002"]), ("description", &["/data/good-2", "../../etc", "/data/good-2/\u{1b}x"])]).await;
-    add_role(&mut directory, "later-broken", &[("roomNumber", &["5003"]), ("description", &["/data/later"])]).await;
-    add_role(&mut directory, "no-group", &[("description", &["/data/no-group"])]).await;
-    add_role(&mut directory, "letters", &[("roomNumber", &["abc"]), ("description", &["/data/letters"])]).await;
-    add_role(&mut directory, "negative", &[("roomNumber", &["-5"]), ("description", &["/data/negative"])]).await;
-    add_role(&mut directory, "root-group", &[("roomNumber", &["0"]), ("description", &["/data/root"])]).await;
-    add_role(&mut directory, "too-big", &[("roomNumber", &["4294967296"]), ("description", &["/data/big"])]).await;
-    add_role(&mut directory, "two-groups", &[("roomNumber", &["5004", "5005"]), ("description", &["/data/two"])]).await;
+    add_role(
+        &mut directory,
+        "good-1",
+        &[
+            ("roomNumber", &["5001"]),
+            ("description", &["/data/good-1"]),
+        ],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "good-2",
+        &[
+            ("roomNumber", &["5002"]),
+            (
+                "description",
+                &["/data/good-2", "../../etc", "/data/good-2/\u{1b}x"],
+            ),
+        ],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "later-broken",
+        &[("roomNumber", &["5003"]), ("description", &["/data/later"])],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "no-group",
+        &[("description", &["/data/no-group"])],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "letters",
+        &[
+            ("roomNumber", &["abc"]),
+            ("description", &["/data/letters"]),
+        ],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "negative",
+        &[
+            ("roomNumber", &["-5"]),
+            ("description", &["/data/negative"]),
+        ],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "root-group",
+        &[("roomNumber", &["0"]), ("description", &["/data/root"])],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "too-big",
+        &[
+            ("roomNumber", &["4294967296"]),
+            ("description", &["/data/big"]),
+        ],
+    )
+    .await;
+    add_role(
+        &mut directory,
+        "two-groups",
+        &[
+            ("roomNumber", &["5004", "5005"]),
+            ("description", &["/data/two"]),
+        ],
+    )
+    .await;
     add_role(&mut directory, "no-path", &[("roomNumber", &["5006"])]).await;
-    add_role(&mut directory, "bad-paths", &[("roomNumber", &["5007"]), ("description", &["relative/path", "/data/../../etc"])]).await;
+    add_role(
+        &mut directory,
+        "bad-paths",
+        &[
+            ("roomNumber", &["5007"]),
+            ("description", &["relative/path", "/data/../../etc"]),
+        ],
+    )
+    .await;
 
     let database = open_database(Backend::Sqlite, &scratch_dir("malformed")).await;
     let mut args = directory.args();
@@ -362,18 +465,36 @@ async fn malformed_entries_are_skipped_and_counted() {
     let good = database.investigation("good-2").await.unwrap().unwrap();
     assert_eq!(good.investigation.paths, ["/data/good-2"]);
     assert_eq!(good.investigation.group_id, 5002);
-    for skipped in ["no-group", "letters", "negative", "root-group", "too-big", "two-groups", "no-path", "bad-paths"] {
-        assert!(database.investigation(skipped).await.unwrap().is_none(), "{skipped} was stored");
+    for skipped in [
+        "no-group",
+        "letters",
+        "negative",
+        "root-group",
+        "too-big",
+        "two-groups",
+        "no-path",
+        "bad-paths",
+    ] {
+        assert!(
+            database.investigation(skipped).await.unwrap().is_none(),
+            "{skipped} was stored"
+        );
     }
 
     // An entry that becomes malformed keeps its last good data and is not marked gone.
-    directory.replace("later-broken", "roomNumber", &["not-a-number"]).await;
+    directory
+        .replace("later-broken", "roomNumber", &["not-a-number"])
+        .await;
     let second = sync(&config, &database).await;
     assert_succeeded(&second);
     assert_eq!(second.counts.synced, 2);
     assert_eq!(second.counts.skipped, 9);
     assert_eq!(second.counts.gone, 0);
-    let kept = database.investigation("later-broken").await.unwrap().unwrap();
+    let kept = database
+        .investigation("later-broken")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(kept.gone_at, None);
     assert_eq!(kept.investigation.group_id, 5003);
     assert_eq!(kept.investigation.paths, ["/data/later"]);
@@ -490,7 +611,9 @@ async fn stopped_server_keeps_last_good_data() {
     assert_succeeded(&first);
     assert_eq!(first.counts.synced, 50);
 
-    directory.replace(&proposal(0), "gidNumber", &["30000"]).await;
+    directory
+        .replace(&proposal(0), "gidNumber", &["30000"])
+        .await;
     let removed_dn = directory.dn(&proposal(1));
     directory.delete(&removed_dn).await;
     slapd.run("stop");
@@ -498,11 +621,21 @@ async fn stopped_server_keeps_last_good_data() {
     let started = Instant::now();
     let failed = sync(&config, &database).await;
     assert_eq!(failed.result, SyncResult::Failed);
-    assert!(failed.attempts >= 2, "retried with backoff, attempts {}", failed.attempts);
+    assert!(
+        failed.attempts >= 2,
+        "retried with backoff, attempts {}",
+        failed.attempts
+    );
     let error = failed.error.clone().unwrap();
     assert!(error.contains("failed to connect"), "{error}");
-    assert!(!error.contains(password.trim()), "the error holds the password");
-    assert!(started.elapsed() < Duration::from_secs(30), "the retry budget bounds the run");
+    assert!(
+        !error.contains(password.trim()),
+        "the error holds the password"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the retry budget bounds the run"
+    );
 
     let recorded = database.last_ldap_sync().await.unwrap().unwrap();
     assert_eq!(recorded.id, failed.id);
@@ -512,9 +645,15 @@ async fn stopped_server_keeps_last_good_data() {
     assert_eq!(last_good.id, first.id);
 
     let unchanged = database.investigation(&proposal(0)).await.unwrap().unwrap();
-    assert_eq!(unchanged.investigation.group_id, 10_000, "the last good data stays");
+    assert_eq!(
+        unchanged.investigation.group_id, 10_000,
+        "the last good data stays"
+    );
     let still_there = database.investigation(&proposal(1)).await.unwrap().unwrap();
-    assert_eq!(still_there.gone_at, None, "a failed sync marks nothing gone");
+    assert_eq!(
+        still_there.gone_at, None,
+        "a failed sync marks nothing gone"
+    );
     assert_eq!(database.count_investigations().await.unwrap(), (50, 0));
 
     // After a restart the next sync catches up.
@@ -601,7 +740,11 @@ async fn connection_cut_mid_search_changes_nothing() {
     assert_eq!(failed.result, SyncResult::Failed);
     let error = failed.error.unwrap();
     assert!(error.contains("search under"), "{error}");
-    assert_eq!(database.count_investigations().await.unwrap(), (300, 0), "nothing marked gone");
+    assert_eq!(
+        database.count_investigations().await.unwrap(),
+        (300, 0),
+        "nothing marked gone"
+    );
 
     // A server that stops answering mid-search is timed out, with the same result.
     let proxy = cutting_proxy(&url, 6000, Cut::Stall).await;
@@ -611,8 +754,15 @@ async fn connection_cut_mid_search_changes_nothing() {
     let failed = sync(&stalled, &database).await;
     assert_eq!(failed.result, SyncResult::Failed);
     let error = failed.error.unwrap();
-    assert!(error.contains("timed out after 1 s while searching"), "{error}");
-    assert_eq!(database.count_investigations().await.unwrap(), (300, 0), "nothing marked gone");
+    assert!(
+        error.contains("timed out after 1 s while searching"),
+        "{error}"
+    );
+    assert_eq!(
+        database.count_investigations().await.unwrap(),
+        (300, 0),
+        "nothing marked gone"
+    );
 
     let complete = sync(&config, &database).await;
     assert_succeeded(&complete);
@@ -642,7 +792,10 @@ async fn refused_bind_is_recorded_without_password() {
     let error = failed.error.unwrap();
     assert!(error.contains("bind as"), "{error}");
     assert!(error.contains("invalidCredentials"), "{error}");
-    assert!(!error.contains(wrong_password), "the error holds the password: {error}");
+    assert!(
+        !error.contains(wrong_password),
+        "the error holds the password: {error}"
+    );
     assert_eq!(database.count_investigations().await.unwrap(), (3, 0));
     directory.remove().await;
 }
@@ -671,7 +824,10 @@ async fn silent_server_times_out() {
     let elapsed = started.elapsed();
     assert_eq!(failed.result, SyncResult::Failed);
     let error = failed.error.unwrap();
-    assert!(error.contains("timed out after 1 s while binding"), "{error}");
+    assert!(
+        error.contains("timed out after 1 s while binding"),
+        "{error}"
+    );
     assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 
@@ -684,7 +840,10 @@ async fn silent_server_times_out() {
     args.ldap_timeout_seconds = 1;
     let failed = sync(&config(args), &database).await;
     let error = failed.error.unwrap();
-    assert!(error.contains("timed out after 1 s while connecting"), "{error}");
+    assert!(
+        error.contains("timed out after 1 s while connecting"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -717,7 +876,10 @@ async fn database_failures_are_reported() {
     let failed = sync(&directory.config(), &database).await;
     assert_eq!(failed.result, SyncResult::Failed);
     let error = failed.error.unwrap();
-    assert!(error.contains("failed to store the investigations"), "{error}");
+    assert!(
+        error.contains("failed to store the investigations"),
+        "{error}"
+    );
 
     // Without its table a run cannot be recorded, and run_sync returns the error.
     sqlx::query("DROP TABLE ldap_sync_runs")
@@ -745,28 +907,33 @@ async fn corrupt_group_id_is_reported() {
         .investigations_for_proposals(&["p1".to_owned()])
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("group id -1 of p1 is out of range"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("group id -1 of p1 is out of range"),
+        "{error}"
+    );
 }
 
 /// Sync settings with the defaults of `visa-worker`, bound as the shared slapd's admin, with no
 /// server and no retries.
 fn admin_args() -> LdapArgs {
-        LdapArgs {
-            ldap_url: None,
-            ldap_base_dn: None,
-            ldap_filter: "(objectClass=posixGroup)".to_owned(),
-            ldap_identifier_attribute: "cn".to_owned(),
-            ldap_path_attribute: "description".to_owned(),
-            ldap_group_id_attribute: "gidNumber".to_owned(),
-            ldap_bind_dn: Some(ADMIN_DN.to_owned()),
-            ldap_password_file: Some(password_file()),
-            ldap_starttls: false,
-            ldap_ca_file: None,
-            ldap_timeout_seconds: 10,
-            ldap_page_size: 500,
-            ldap_sync_interval_seconds: 3600,
-            ldap_retry_budget_seconds: 0,
-        }
+    LdapArgs {
+        ldap_url: None,
+        ldap_base_dn: None,
+        ldap_filter: "(objectClass=posixGroup)".to_owned(),
+        ldap_identifier_attribute: "cn".to_owned(),
+        ldap_path_attribute: "description".to_owned(),
+        ldap_group_id_attribute: "gidNumber".to_owned(),
+        ldap_bind_dn: Some(ADMIN_DN.to_owned()),
+        ldap_password_file: Some(password_file()),
+        ldap_starttls: false,
+        ldap_ca_file: None,
+        ldap_timeout_seconds: 10,
+        ldap_page_size: 500,
+        ldap_sync_interval_seconds: 3600,
+        ldap_retry_budget_seconds: 0,
+    }
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -787,11 +954,25 @@ fn make_ca(dir: &Path, name: &str) -> PathBuf {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &format!("{name}.key"), "-out", &format!("{name}.pem"), "-days", "2",
-            "-subj", &format!("/CN=VISA test {name}"),
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=VISA test {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
         ],
     );
     dir.join(format!("{name}.pem"))
@@ -809,16 +990,38 @@ fn make_server_certificate(dir: &Path, ca: &str) -> (PathBuf, PathBuf) {
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
         ],
     );
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "server.csr", "-CA", &format!("{ca}.pem"),
-            "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-out", "server.pem",
-            "-days", "2", "-extfile", "server.ext",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
         ],
     );
     (dir.join("server.pem"), dir.join("server.key"))
@@ -880,9 +1083,23 @@ async fn schedule_is_taken_once_per_due_time() {
         let database = open_database(backend, &scratch_dir("schedule")).await;
         let now = 1_000_000;
         let claims = take_schedule_concurrently(&database, now).await;
-        assert_eq!(claims.iter().filter(|taken| **taken).count(), 1, "{backend:?}: {claims:?}");
-        assert!(!database.take_due_schedule(LDAP_SYNC_SCHEDULE, now + 10, now + 100).await.unwrap());
-        assert!(database.take_due_schedule(LDAP_SYNC_SCHEDULE, now + 60_000, now + 120_000).await.unwrap());
+        assert_eq!(
+            claims.iter().filter(|taken| **taken).count(),
+            1,
+            "{backend:?}: {claims:?}"
+        );
+        assert!(
+            !database
+                .take_due_schedule(LDAP_SYNC_SCHEDULE, now + 10, now + 100)
+                .await
+                .unwrap()
+        );
+        assert!(
+            database
+                .take_due_schedule(LDAP_SYNC_SCHEDULE, now + 60_000, now + 120_000)
+                .await
+                .unwrap()
+        );
     }
 }
 
@@ -946,7 +1163,11 @@ async fn sync_and_status_subcommands() {
     args.extend(ldap_args);
     let synced = worker_command(&database_url, &args);
     let text = String::from_utf8(synced.stdout).unwrap();
-    assert!(synced.status.success(), "{text}\n{}", String::from_utf8_lossy(&synced.stderr));
+    assert!(
+        synced.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
     assert!(text.contains("sync: succeeded"), "{text}");
     assert!(
         text.contains("sync_counts: entries=26 pages=3 synced=25 added=25 changed=0 gone=0 skipped=1 skipped_paths=0"),
@@ -998,13 +1219,19 @@ async fn sync_and_status_subcommands() {
     let status = worker_command(&database_url, &["ldap-status"]);
     assert_eq!(status.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&status.stderr);
-    assert!(stderr.contains("failed to read the LDAP sync status"), "{stderr}");
+    assert!(
+        stderr.contains("failed to read the LDAP sync status"),
+        "{stderr}"
+    );
     let mut args = vec!["ldap-sync"];
     args.extend(ldap_args);
     let synced = worker_command(&database_url, &args);
     assert_eq!(synced.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&synced.stderr);
-    assert!(stderr.contains("failed to record the LDAP sync run"), "{stderr}");
+    assert!(
+        stderr.contains("failed to record the LDAP sync run"),
+        "{stderr}"
+    );
     directory.remove().await;
 }
 
@@ -1016,7 +1243,11 @@ async fn wait_for_sync(database: &Database, stack: &Stack) -> LdapSyncRun {
         {
             return run;
         }
-        assert!(Instant::now() < deadline, "no LDAP sync finished:\n{}", stack.log("worker-0"));
+        assert!(
+            Instant::now() < deadline,
+            "no LDAP sync finished:\n{}",
+            stack.log("worker-0")
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -1027,7 +1258,12 @@ fn data_volumes(pod: &PodSpec) -> Vec<(String, String, String, Option<bool>)> {
         .flatten()
         .filter_map(|volume| {
             let nfs = volume.nfs.as_ref()?;
-            Some((volume.name.clone(), nfs.server.clone(), nfs.path.clone(), nfs.read_only))
+            Some((
+                volume.name.clone(),
+                nfs.server.clone(),
+                nfs.path.clone(),
+                nfs.read_only,
+            ))
         })
         .collect()
 }
@@ -1038,9 +1274,15 @@ async fn instance_mounts_synced_investigations() {
     let mut directory = Directory::create(&url).await;
     // The example request's proposals are 2025096612 and 2025097120; only the first is synced.
     directory
-        .add_investigation("2025096612", 5001, &["/data/2025096612/raw", "/data/2025096612/processed"])
+        .add_investigation(
+            "2025096612",
+            5001,
+            &["/data/2025096612/raw", "/data/2025096612/processed"],
+        )
         .await;
-    directory.add_investigation("2025000001", 5999, &["/data/other"]).await;
+    directory
+        .add_investigation("2025000001", 5999, &["/data/other"])
+        .await;
 
     let password_file = password_file();
     let worker_args = [
@@ -1105,7 +1347,13 @@ async fn instance_mounts_synced_investigations() {
         .iter()
         .flatten()
         .filter(|mount| mount.name.starts_with("investigation-"))
-        .map(|mount| (mount.name.as_str(), mount.mount_path.as_str(), mount.read_only))
+        .map(|mount| {
+            (
+                mount.name.as_str(),
+                mount.mount_path.as_str(),
+                mount.read_only,
+            )
+        })
         .collect();
     assert_eq!(
         mounts,
@@ -1176,5 +1424,8 @@ async fn unreadable_investigations_fault_the_instance() {
     let message = instance["fault"]["message"].as_str().unwrap();
     assert!(message.contains("investigations"), "{message}");
     let sets: Api<StatefulSet> = Api::namespaced(stack.kube.clone(), &stack.namespace);
-    assert!(sets.get_opt(&id).await.unwrap().is_none(), "no StatefulSet without its data");
+    assert!(
+        sets.get_opt(&id).await.unwrap().is_none(),
+        "no StatefulSet without its data"
+    );
 }

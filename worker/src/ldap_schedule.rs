@@ -35,7 +35,7 @@ pub async fn run(database: Database, config: LdapConfig, worker_name: String) {
             Err(error) => {
                 failures += 1;
                 // One line for the first failure and then one per ten, so an outage does not flood.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     warn!(%error, failures, "failed to read the LDAP sync schedule");
                 }
                 continue;

@@ -37,7 +37,7 @@ struct Cli {
 enum Command {
     /// Runs one LDAP sync of investigations now, with the worker's LDAP settings, and prints
     /// its result. Exits with 1 when the sync failed.
-    LdapSync(LdapSyncArgs),
+    LdapSync(Box<LdapSyncArgs>),
     /// Prints the last LDAP sync's time, result and counts, and the stored investigations.
     LdapStatus(LdapStatusArgs),
 }
@@ -92,20 +92,26 @@ async fn handle(job: ConvergeInstance, converger: Data<Arc<Converger>>) -> Resul
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     match parse_command_line() {
-        Ok(Command::LdapSync(args)) => ldap_commands::sync(args).await,
-        Ok(Command::LdapStatus(args)) => ldap_commands::status(args).await,
-        Err(args) => run_worker(*args).await,
+        Mode::Subcommand(Command::LdapSync(args)) => ldap_commands::sync(*args).await,
+        Mode::Subcommand(Command::LdapStatus(args)) => ldap_commands::status(args).await,
+        Mode::Worker(args) => run_worker(*args).await,
     }
 }
 
-/// Parses the command line: a subcommand as `Ok`, or the worker's own settings as `Err`.
-fn parse_command_line() -> Result<Command, Box<Args>> {
+/// What the command line asks for.
+enum Mode {
+    Subcommand(Command),
+    Worker(Box<Args>),
+}
+
+/// Parses the command line, and exits with clap's message when it is invalid.
+fn parse_command_line() -> Mode {
     let matches = Args::augment_args(Cli::command()).get_matches();
     let parsed = Cli::from_arg_matches(&matches).map(|cli| cli.command);
     match parsed {
-        Ok(Some(command)) => Ok(command),
+        Ok(Some(command)) => Mode::Subcommand(command),
         Ok(None) => match Args::from_arg_matches(&matches) {
-            Ok(args) => Err(Box::new(args)),
+            Ok(args) => Mode::Worker(Box::new(args)),
             Err(error) => error.exit(),
         },
         Err(error) => error.exit(),

@@ -275,11 +275,10 @@ impl Database {
 
     /// Counts the stored investigations: those in use, and those marked gone.
     pub async fn count_investigations(&self) -> StoreResult<(i64, i64)> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS total, COUNT(gone_at) AS gone FROM investigations",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS total, COUNT(gone_at) AS gone FROM investigations")
+                .fetch_one(&self.pool)
+                .await?;
         let total: i64 = row.try_get("total")?;
         let gone: i64 = row.try_get("gone")?;
         Ok((total - gone, gone))
