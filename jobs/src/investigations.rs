@@ -40,7 +40,7 @@ pub struct AttributeNames {
     pub group_id: String,
 }
 
-/// Why a data path was rejected.
+/// Reason a data path was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathRejection {
     #[error("the path is empty")]
@@ -117,7 +117,7 @@ pub fn parse_group_id(value: &str) -> Option<u32> {
         .filter(|id| (1..=MAX_GROUP_ID).contains(id))
 }
 
-/// Why a directory entry was skipped.
+/// Reason a directory entry was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryRejection {
     #[error("no {0} attribute")]
@@ -405,7 +405,7 @@ pub fn proposals_from_metadata(metadata: &BTreeMap<String, String>) -> Vec<Strin
     proposals
 }
 
-/// How investigation data is mounted into instances.
+/// Settings of the NFS mounts of investigation data in instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NfsSettings {
     /// NFS server that exports the data paths.
@@ -453,8 +453,8 @@ pub fn data_mounts(
 
     for investigation in investigations {
         for path in &investigation.paths {
-            // Stored paths were checked when they were synced; they are checked again because
-            // a mount of an unchecked path would reach the pod spec.
+            // Stored paths were checked at sync time. They are checked again here because this
+            // is the last step before a path reaches the pod spec.
             let path = match validate_data_path(path) {
                 Ok(path) => path,
                 Err(reason) => {

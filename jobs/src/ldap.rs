@@ -36,7 +36,7 @@ impl fmt::Debug for Password {
     }
 }
 
-/// Where the bind password comes from.
+/// Source of the bind password.
 #[derive(Debug, Clone)]
 pub enum PasswordSource {
     /// Read at every attempt, so a rotated password needs no restart.
@@ -60,7 +60,8 @@ pub struct LdapConfig {
     /// `None` binds anonymously.
     pub bind: Option<BindCredentials>,
     pub starttls: bool,
-    /// TLS settings with the CA file's certificates; ldap3's defaults when `None`.
+    /// TLS settings that trust only the CA file's certificates. `None` keeps ldap3's defaults,
+    /// which trust the system's CA certificates.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub timeout: Duration,
     pub page_size: i32,
@@ -68,7 +69,7 @@ pub struct LdapConfig {
     pub retry_budget: Duration,
 }
 
-/// Why a sync attempt failed.
+/// Failure of a sync attempt.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("failed to read the LDAP bind password: {0}")]
@@ -124,7 +125,7 @@ impl LdapArgs {
         }
         if tls_url && self.ldap_starttls {
             anyhow::bail!(
-                "--ldap-starttls is set with the ldaps:// URL {url:?}, which is TLS already; use one of them"
+                "--ldap-starttls is set with the ldaps:// URL {url:?}, which is TLS already, so remove one of them"
             );
         }
         let base_dn = self
@@ -403,8 +404,8 @@ pub async fn sync_once(config: &LdapConfig, database: &Database) -> Result<SyncC
 }
 
 /// Runs one sync, retrying failures with exponential backoff within the retry budget, and
-/// records it in `ldap_sync_runs`. `origin` is `schedule` or `manual`. Returns the recorded run;
-/// an error means that the run could not be recorded.
+/// records it in `ldap_sync_runs`. `origin` is `schedule` or `manual`. Returns the recorded run,
+/// or an error when the run could not be recorded.
 pub async fn run_sync(
     config: &LdapConfig,
     database: &Database,

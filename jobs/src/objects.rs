@@ -90,7 +90,7 @@ pub struct DataMount {
     pub server: String,
     /// Exported path on the server.
     pub path: String,
-    /// Where the export appears in the main container.
+    /// Mount path of the export in the main container.
     pub mount_path: String,
     pub read_only: bool,
 }

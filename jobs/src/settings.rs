@@ -159,16 +159,16 @@ pub struct LdapArgs {
     )]
     pub ldap_filter: String,
 
-    /// Attribute that holds the proposal identifier VISA sends in `proposals`.
+    /// Attribute that contains the proposal identifier VISA sends in `proposals`.
     #[arg(long, env = "VISA_LDAP_IDENTIFIER_ATTRIBUTE", default_value = "cn")]
     pub ldap_identifier_attribute: String,
 
-    /// Multi-valued attribute that holds the investigation's data paths, one absolute path per
-    /// value.
+    /// Multi-valued attribute that contains the investigation's data paths, one absolute path
+    /// per value.
     #[arg(long, env = "VISA_LDAP_PATH_ATTRIBUTE", default_value = "description")]
     pub ldap_path_attribute: String,
 
-    /// Attribute that holds the numeric group id that grants access to the data paths.
+    /// Attribute that contains the numeric group id that grants access to the data paths.
     #[arg(
         long,
         env = "VISA_LDAP_GROUP_ID_ATTRIBUTE",
@@ -176,7 +176,7 @@ pub struct LdapArgs {
     )]
     pub ldap_group_id_attribute: String,
 
-    /// DN to bind as; the sync binds anonymously when unset.
+    /// DN to bind as. The sync binds anonymously when this is unset.
     #[arg(long, env = "VISA_LDAP_BIND_DN")]
     pub ldap_bind_dn: Option<String>,
 
@@ -189,8 +189,8 @@ pub struct LdapArgs {
     #[arg(long, env = "VISA_LDAP_STARTTLS")]
     pub ldap_starttls: bool,
 
-    /// PEM file of the CA certificates that verify the server for `ldaps://` and StartTLS; the
-    /// system's CA certificates when unset.
+    /// PEM file of the CA certificates that verify the server for `ldaps://` and StartTLS. The
+    /// system's CA certificates are used when this is unset.
     #[arg(long, env = "VISA_LDAP_CA_FILE")]
     pub ldap_ca_file: Option<PathBuf>,
 
@@ -207,7 +207,7 @@ pub struct LdapArgs {
     pub ldap_sync_interval_seconds: u64,
 
     /// Seconds a failing sync keeps retrying, with exponential backoff, before it records the
-    /// failure; 0 records the first failure.
+    /// failure. With 0 the first failure is recorded.
     #[arg(long, env = "VISA_LDAP_RETRY_BUDGET_SECONDS", default_value_t = 300)]
     pub ldap_retry_budget_seconds: u64,
 }
@@ -224,7 +224,7 @@ pub struct NfsArgs {
     #[arg(long, env = "VISA_NFS_READ_WRITE")]
     pub nfs_read_write: bool,
 
-    /// Mount path in the main container; `{path}` is replaced by the data path and
+    /// Mount path in the main container, in which `{path}` is replaced by the data path and
     /// `{proposal}` by the proposal identifier, for example `/data/{proposal}`. A repeated mount
     /// path gets `-2`, `-3`... appended.
     #[arg(long, env = "VISA_NFS_MOUNT_PATH", default_value = "{path}")]

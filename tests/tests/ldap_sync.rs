@@ -668,7 +668,7 @@ async fn stopped_server_keeps_last_good_data() {
     assert!(gone.gone_at.is_some());
 }
 
-/// What the proxy does after the set number of bytes from the server.
+/// Action of the proxy after the set number of bytes from the server.
 #[derive(Clone, Copy)]
 enum Cut {
     /// Closes the connection, as a server that dies mid-answer would.
@@ -678,7 +678,7 @@ enum Cut {
 }
 
 /// Forwards connections to `target` until `cut_after` bytes came from the server, then cuts
-/// each connection as `cut` says.
+/// each connection as `cut` selects.
 async fn cutting_proxy(target: &str, cut_after: usize, cut: Cut) -> SocketAddr {
     let target = target.trim_start_matches("ldap://").to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -728,7 +728,7 @@ async fn connection_cut_mid_search_changes_nothing() {
     assert_succeeded(&first);
     assert_eq!(first.counts.synced, 300);
 
-    // The directory loses half its entries, but the answer breaks off after a few pages.
+    // The directory loses half its entries, but the response breaks off after a few pages.
     for index in 150..300 {
         let dn = directory.dn(&proposal(index));
         directory.delete(&dn).await;
@@ -746,7 +746,7 @@ async fn connection_cut_mid_search_changes_nothing() {
         "nothing marked gone"
     );
 
-    // A server that stops answering mid-search is timed out, with the same result.
+    // A server that stops responding mid-search times out, with the same result.
     let proxy = cutting_proxy(&url, 6000, Cut::Stall).await;
     let mut stalled = config.clone();
     stalled.url = format!("ldap://{proxy}");
@@ -802,7 +802,7 @@ async fn refused_bind_is_recorded_without_password() {
 
 #[tokio::test]
 async fn silent_server_times_out() {
-    // A server that accepts connections and never answers.
+    // A server that accepts connections and never responds.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -1057,7 +1057,7 @@ async fn tls_verifies_server_with_ca_file() {
     assert_succeeded(&run);
     assert_eq!(run.counts.synced, 5);
 
-    // A server certificate from a CA that the CA file does not hold is rejected.
+    // A server certificate from a CA that is not in the CA file is rejected.
     starttls.ldap_ca_file = Some(other_ca.clone());
     let run = sync(&config(starttls), &database).await;
     assert_eq!(run.result, SyncResult::Failed);
@@ -1198,7 +1198,7 @@ async fn sync_and_status_subcommands() {
     assert!(text.contains("last: failed"), "{text}");
     assert!(text.contains("investigations: 25"), "{text}");
 
-    // Without an LDAP URL the sync is off and the command says so.
+    // Without an LDAP URL the sync is off and the command reports it.
     let off = worker_command(&database_url, &["ldap-sync"]);
     assert_eq!(off.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&off.stderr).contains("LDAP sync is off"));
@@ -1210,7 +1210,7 @@ async fn sync_and_status_subcommands() {
     let stderr = String::from_utf8_lossy(&status.stderr);
     assert!(stderr.contains("failed to open the database"), "{stderr}");
 
-    // A database that lost its run table fails both commands with a message that says so.
+    // A database that lost its run table fails both commands with a message that names it.
     let database = Database::connect(&database_url).await.unwrap();
     sqlx::query("DROP TABLE ldap_sync_runs")
         .execute(database.pool())
@@ -1272,7 +1272,7 @@ fn data_volumes(pod: &PodSpec) -> Vec<(String, String, String, Option<bool>)> {
 async fn instance_mounts_synced_investigations() {
     let url = required_env("VISA_TEST_LDAP_URL");
     let mut directory = Directory::create(&url).await;
-    // The example request's proposals are 2025096612 and 2025097120; only the first is synced.
+    // The example request's proposals are 2025096612 and 2025097120. Only the first is synced.
     directory
         .add_investigation(
             "2025096612",

@@ -23,7 +23,7 @@ pub struct Converger {
     pub database: Database,
     pub client: Client,
     pub settings: ObjectSettings,
-    /// How investigation data is mounted; `None` mounts none.
+    /// Settings of the NFS mounts of investigation data. `None` mounts no data.
     pub nfs: Option<NfsSettings>,
     pub worker_name: String,
     /// How long a worker's hold on an instance lasts without renewal.

@@ -9,7 +9,7 @@ use visa_jobs::ldap::{LdapConfig, run_sync};
 use visa_jobs::model::now_millis;
 use visa_jobs::store::{Database, LDAP_SYNC_SCHEDULE};
 
-/// Longest wait between two checks of the schedule, so that a worker notices a due sync soon
+/// Maximum wait between two checks of the schedule, so that a worker notices a due sync soon
 /// after another worker stopped.
 const MAX_CHECK_PERIOD: Duration = Duration::from_secs(30);
 
@@ -42,7 +42,7 @@ pub async fn run(database: Database, config: LdapConfig, worker_name: String) {
             }
         }
 
-        // run_sync logs the outcome; an error here means the run could not be recorded.
+        // run_sync logs the outcome. An error here means that the run could not be recorded.
         // NOTE: a run that retries for longer than the interval can overlap the next one on
         // another worker. Both write the same directory in transactions, and a write that
         // collides fails and is retried.

@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// What the command line asks for.
+/// Mode that the command line selects.
 enum Mode {
     Subcommand(Command),
     Worker(Box<Args>),

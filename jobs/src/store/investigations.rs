@@ -9,7 +9,8 @@ use super::{Database, StoreError, StoreResult, from_json, optional_text, text, t
 use crate::investigations::{DirectoryContents, Investigation};
 use crate::model::Millis;
 
-/// Rows per `IN (...)` list, well below SQLite's limit of 32766 bound parameters.
+/// Rows per `IN (...)` list, well below SQLite's default limit of 32766 bound parameters
+/// (SQLite 3.32 and later).
 const IN_LIST_CHUNK: usize = 500;
 
 /// Name of the LDAP sync in the `schedules` table.
@@ -27,7 +28,7 @@ pub struct StoredInvestigation {
     pub updated_at: Millis,
 }
 
-/// What one sync changed in the `investigations` table.
+/// Changes that one sync made to the `investigations` table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DirectoryChanges {
     /// Valid investigations written, added, changed or unchanged.
@@ -114,9 +115,9 @@ impl Database {
     /// in `contents` are marked gone, except those in `contents.kept_proposals`, and none is
     /// deleted.
     ///
-    /// NOTE: the rows are read and then inserted or updated, so two syncs writing at once can
-    /// make one of them fail on a duplicate key (MariaDB) or a busy database (SQLite); the
-    /// failed sync is retried by its caller.
+    /// NOTE: the rows are read first and then inserted or updated. Two syncs that write at once
+    /// can therefore make one of them fail on a duplicate key (MariaDB) or a busy database
+    /// (SQLite), and the caller retries the failed sync.
     pub async fn apply_directory(
         &self,
         contents: &DirectoryContents,
