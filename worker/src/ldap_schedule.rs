@@ -1,5 +1,8 @@
 //! The scheduled LDAP sync. Every worker checks the schedule in the database, and the one that
 //! moves its due time forward first runs the sync, so several workers sync once per interval.
+//! A tokio interval drives the checks rather than apalis-cron: the setting is a period in
+//! seconds, which a cron expression cannot express in general, and the database already decides
+//! which worker runs, which apalis-cron's per-process scheduler does not.
 
 use std::time::Duration;
 
