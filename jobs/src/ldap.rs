@@ -4,13 +4,16 @@
 //! A sync writes only after a search that completed with success, so a connection lost
 //! mid-search, a time-out or a refused bind leaves the stored investigations as they were.
 
+use std::any::Any;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use futures::FutureExt;
 use ldap3::controls::{Control, ControlType, PagedResults};
 use ldap3::{LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
 use rustls::pki_types::CertificateDer;
@@ -97,6 +100,9 @@ pub enum SyncError {
     },
     #[error("failed to store the investigations: {0}")]
     Database(#[from] StoreError),
+    /// ldap3 panics on some malformed responses, for example an entry without attributes.
+    #[error("the LDAP client failed on an invalid response from {url}: {message}")]
+    InvalidResponse { url: String, message: String },
 }
 
 impl LdapArgs {
@@ -289,19 +295,27 @@ pub async fn read_directory(config: &LdapConfig) -> Result<DirectoryRead, SyncEr
                 message: error.to_string(),
             },
         })?;
-    // The connection task ends when the server closes the connection or after the unbind.
-    let driver = tokio::spawn(async move {
+    // The connection task ends when the server closes the connection or after the unbind, and
+    // the guard ends it when this future is dropped or unwinds.
+    let _driver = AbortOnDrop(tokio::spawn(async move {
         if let Err(error) = connection.drive().await {
             warn!(%error, "LDAP connection ended with an error");
         }
-    });
+    }));
 
     let result = search_all(config, &mut ldap).await;
     if !ldap.is_closed() {
         let _ = ldap.unbind().await;
     }
-    driver.abort();
     result
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn search_all(
@@ -428,7 +442,17 @@ pub async fn run_sync(
     let attempts = AtomicI64::new(0);
     let outcome = (|| async {
         attempts.fetch_add(1, Ordering::Relaxed);
-        sync_once(config, database).await
+        // A panic is turned into a failed attempt, so that the run is recorded and a worker's
+        // schedule survives a server that sends what ldap3 cannot parse.
+        AssertUnwindSafe(sync_once(config, database))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(SyncError::InvalidResponse {
+                    url: config.url.clone(),
+                    message: panic_message(panic.as_ref()),
+                })
+            })
     })
     .retry(backoff)
     .notify(|error, delay| {
@@ -473,6 +497,16 @@ pub async fn run_sync(
         counts,
         error,
     })
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "panic without a message".to_owned()
+    }
 }
 
 #[cfg(test)]

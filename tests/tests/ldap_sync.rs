@@ -846,6 +846,76 @@ async fn silent_server_times_out() {
     );
 }
 
+/// Reads one LDAP message (a BER sequence) and returns its message ID, which this test's
+/// client keeps below 128 so that it is one byte.
+async fn read_message_id(stream: &mut TcpStream) -> Option<u8> {
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).await.ok()?;
+    let length = if header[1] < 0x80 {
+        usize::from(header[1])
+    } else {
+        let mut bytes = vec![0u8; usize::from(header[1] & 0x7f)];
+        stream.read_exact(&mut bytes).await.ok()?;
+        bytes
+            .iter()
+            .fold(0, |length, byte| length << 8 | usize::from(*byte))
+    };
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    (body[0] == 0x02 && body[1] == 0x01).then_some(body[2])
+}
+
+/// An LDAP result message with result code 0 and empty texts, of the operation `tag`.
+fn success(id: u8, tag: u8) -> Vec<u8> {
+    vec![
+        0x30, 0x0c, 0x02, 0x01, id, tag, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00,
+    ]
+}
+
+#[tokio::test]
+async fn invalid_entry_fails_the_sync() {
+    // A server that accepts any bind and returns a search entry without its attribute list.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Some(bind) = read_message_id(&mut stream).await else {
+                    return;
+                };
+                stream.write_all(&success(bind, 0x61)).await.unwrap();
+                let Some(search) = read_message_id(&mut stream).await else {
+                    return;
+                };
+                let entry = [
+                    0x30, 0x0b, 0x02, 0x01, search, 0x64, 0x06, 0x04, 0x04, b'c', b'n', b'=', b'x',
+                ];
+                stream.write_all(&entry).await.unwrap();
+                stream.write_all(&success(search, 0x65)).await.unwrap();
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+            });
+        }
+    });
+    let args = LdapArgs {
+        ldap_url: Some(format!("ldap://{address}")),
+        ldap_base_dn: Some(SUFFIX.to_owned()),
+        ..admin_args()
+    };
+    let database = open_database(Backend::Sqlite, &scratch_dir("invalid-entry")).await;
+
+    let failed = sync(&config(args), &database).await;
+    assert_eq!(failed.result, SyncResult::Failed);
+    let error = failed.error.unwrap();
+    assert!(error.contains("failed on an invalid response"), "{error}");
+    let recorded = database.last_ldap_sync().await.unwrap().unwrap();
+    assert_eq!(
+        recorded.result,
+        SyncResult::Failed,
+        "the run is recorded, not left running"
+    );
+}
+
 #[tokio::test]
 async fn missing_base_is_a_failed_search() {
     let url = required_env("VISA_TEST_LDAP_URL");
