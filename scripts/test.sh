@@ -41,7 +41,9 @@ VISA_TEST_REDIS_URL=$(bash tests/services/redis.sh start | tail -n 1)
 # The URL holds the MariaDB password, so it is never printed.
 VISA_TEST_MARIADB_URL=$(bash tests/services/mariadb.sh start | tail -n 1)
 VISA_TEST_LDAP_URL=$(bash tests/services/slapd.sh start | tail -n 1)
-export VISA_TEST_KUBECONFIG VISA_TEST_REDIS_URL VISA_TEST_MARIADB_URL VISA_TEST_LDAP_URL
+# slapd.sh keeps the admin password (bind DN cn=admin,dc=visa,dc=test) in this file.
+VISA_TEST_LDAP_PASSWORD_FILE="$VISA_STATE_DIR/slapd/password"
+export VISA_TEST_KUBECONFIG VISA_TEST_REDIS_URL VISA_TEST_MARIADB_URL VISA_TEST_LDAP_URL VISA_TEST_LDAP_PASSWORD_FILE
 
 echo "== building the provider"
 cargo build --workspace --bins --all-targets

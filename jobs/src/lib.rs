@@ -1,7 +1,10 @@
 //! What the API and the workers share: the catalogue, the instance model, storage, the job
-//! queue, the Kubernetes objects of an instance and the reading of its state.
+//! queue, the Kubernetes objects of an instance, the reading of its state and the LDAP sync of
+//! investigations.
 
 pub mod catalogue;
+pub mod investigations;
+pub mod ldap;
 pub mod model;
 pub mod objects;
 pub mod quantity;

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, ExecAction, Lifecycle, LifecycleHandler, LocalObjectReference,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec,
+    EnvVarSource, ExecAction, Lifecycle, LifecycleHandler, LocalObjectReference, NFSVolumeSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
     ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
@@ -83,6 +83,29 @@ impl Default for ObjectSettings {
             owner_uid: 1000,
         }
     }
+}
+
+/// One NFS export mounted into the main container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataMount {
+    /// Name of the pod volume, unique in the pod.
+    pub volume_name: String,
+    /// The proposal whose data this is, for logs.
+    pub proposal: String,
+    pub server: String,
+    /// Exported path on the server.
+    pub path: String,
+    /// Mount path of the export in the main container.
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+/// Investigation data of an instance: NFS mounts and the group ids that grant access to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataMounts {
+    pub mounts: Vec<DataMount>,
+    /// Added to the pod's `securityContext.supplementalGroups`.
+    pub supplemental_groups: Vec<i64>,
 }
 
 /// Maximum length of an instance id. A StatefulSet's pods carry the label
@@ -174,11 +197,13 @@ fn instance_labels(record: &InstanceRecord, settings: &ObjectSettings) -> BTreeM
 /// Builds the StatefulSet of an instance, with `replicas` 1 when running and 0 when stopped.
 /// The last-action annotations come from the record, so applying the same record twice changes
 /// nothing and a new reboot request changes the pod template, which recreates the pod.
+/// `data` adds one NFS volume per data mount and the supplemental groups to the pod.
 pub fn stateful_set(
     record: &InstanceRecord,
     flavour: &Flavour,
     image: &Image,
     settings: &ObjectSettings,
+    data: &DataMounts,
     replicas: i32,
 ) -> StatefulSet {
     let labels = instance_labels(record, settings);
@@ -216,6 +241,46 @@ pub fn stateful_set(
         })
         .collect::<Vec<_>>();
 
+    let mut volume_mounts = vec![VolumeMount {
+        name: DATA_VOLUME.to_owned(),
+        mount_path: settings.volume_mount_path.clone(),
+        ..VolumeMount::default()
+    }];
+    volume_mounts.extend(data.mounts.iter().map(|mount| VolumeMount {
+        name: mount.volume_name.clone(),
+        mount_path: mount.mount_path.clone(),
+        read_only: Some(mount.read_only),
+        ..VolumeMount::default()
+    }));
+    volume_mounts.push(VolumeMount {
+        name: CONFIG_VOLUME.to_owned(),
+        mount_path: CONFIG_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    let mut volumes = vec![Volume {
+        name: CONFIG_VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map_name(&record.id),
+            default_mode: Some(0o444),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    volumes.extend(data.mounts.iter().map(|mount| Volume {
+        name: mount.volume_name.clone(),
+        nfs: Some(NFSVolumeSource {
+            server: mount.server.clone(),
+            path: mount.path.clone(),
+            read_only: Some(mount.read_only),
+        }),
+        ..Volume::default()
+    }));
+    let security_context = (!data.supplemental_groups.is_empty()).then(|| PodSecurityContext {
+        supplemental_groups: Some(data.supplemental_groups.clone()),
+        ..PodSecurityContext::default()
+    });
+
     let container = Container {
         name: MAIN_CONTAINER.to_owned(),
         image: Some(image.container_image.clone()),
@@ -227,19 +292,7 @@ pub fn stateful_set(
             limits: Some(resources),
             ..ResourceRequirements::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: DATA_VOLUME.to_owned(),
-                mount_path: settings.volume_mount_path.clone(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: CONFIG_VOLUME.to_owned(),
-                mount_path: CONFIG_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(volume_mounts),
         lifecycle: Some(Lifecycle {
             post_start: Some(LifecycleHandler {
                 exec: Some(ExecAction {
@@ -327,15 +380,8 @@ pub fn stateful_set(
                     tolerations: (!flavour.tolerations.is_empty())
                         .then(|| flavour.tolerations.clone()),
                     affinity: flavour.affinity.clone(),
-                    volumes: Some(vec![Volume {
-                        name: CONFIG_VOLUME.to_owned(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: config_map_name(&record.id),
-                            default_mode: Some(0o444),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(volumes),
+                    security_context,
                     ..PodSpec::default()
                 }),
             },
@@ -775,6 +821,7 @@ mod tests {
             &flavour(),
             &image(),
             &ObjectSettings::default(),
+            &DataMounts::default(),
             1,
         );
         let spec = set.spec;
@@ -831,6 +878,7 @@ mod tests {
             &flavour(),
             &image(),
             &ObjectSettings::default(),
+            &DataMounts::default(),
             0,
         );
         let labels = set.metadata.labels.unwrap();
@@ -846,7 +894,14 @@ mod tests {
     fn migration_pins_node() {
         let mut record = record();
         record.node = Some("kwok-node-1".to_owned());
-        let set = stateful_set(&record, &flavour(), &image(), &ObjectSettings::default(), 1);
+        let set = stateful_set(
+            &record,
+            &flavour(),
+            &image(),
+            &ObjectSettings::default(),
+            &DataMounts::default(),
+            1,
+        );
         let selector = set.spec.template.spec.unwrap().node_selector.unwrap();
         assert_eq!(selector[LABEL_HOSTNAME], "kwok-node-1");
     }
@@ -925,6 +980,79 @@ mod tests {
         assert_eq!(data["sudo"], "true");
         assert_eq!(data["provision.sh"], PROVISION_SCRIPT);
         assert!(!data.contains_key("boot-command"));
+    }
+
+    #[test]
+    fn stateful_set_without_data_has_no_nfs() {
+        let set = stateful_set(
+            &record(),
+            &flavour(),
+            &image(),
+            &ObjectSettings::default(),
+            &DataMounts::default(),
+            1,
+        );
+        let pod = set.spec.template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(volumes.len(), 1, "only the instance's ConfigMap");
+        assert_eq!(volumes[0].name, CONFIG_VOLUME);
+        assert_eq!(pod.security_context, None);
+        assert_eq!(pod.containers[0].volume_mounts.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn stateful_set_mounts_investigation_data() {
+        let data = DataMounts {
+            mounts: vec![
+                DataMount {
+                    volume_name: "investigation-0".to_owned(),
+                    proposal: "2025096612".to_owned(),
+                    server: "nfs.example.org".to_owned(),
+                    path: "/data/2025096612".to_owned(),
+                    mount_path: "/data/2025096612".to_owned(),
+                    read_only: true,
+                },
+                DataMount {
+                    volume_name: "investigation-1".to_owned(),
+                    proposal: "2025097120".to_owned(),
+                    server: "nfs.example.org".to_owned(),
+                    path: "/data/2025097120".to_owned(),
+                    mount_path: "/proposals/2025097120".to_owned(),
+                    read_only: false,
+                },
+            ],
+            supplemental_groups: vec![5001, 5002],
+        };
+        let set = stateful_set(
+            &record(),
+            &flavour(),
+            &image(),
+            &ObjectSettings::default(),
+            &data,
+            1,
+        );
+        let pod = set.spec.template.spec.unwrap();
+
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(volumes.len(), 3);
+        assert_eq!(volumes[0].name, CONFIG_VOLUME);
+        let nfs = volumes[2].nfs.as_ref().unwrap();
+        assert_eq!(volumes[2].name, "investigation-1");
+        assert_eq!(nfs.server, "nfs.example.org");
+        assert_eq!(nfs.path, "/data/2025097120");
+        assert_eq!(nfs.read_only, Some(false));
+        assert_eq!(volumes[1].nfs.as_ref().unwrap().read_only, Some(true));
+
+        let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts[0].name, DATA_VOLUME, "the user's volume stays first");
+        assert_eq!(mounts[1].name, "investigation-0");
+        assert_eq!(mounts[1].mount_path, "/data/2025096612");
+        assert_eq!(mounts[1].read_only, Some(true));
+        assert_eq!(mounts[2].mount_path, "/proposals/2025097120");
+        assert_eq!(mounts[2].read_only, Some(false));
+
+        let groups = pod.security_context.unwrap().supplemental_groups.unwrap();
+        assert_eq!(groups, [5001, 5002]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 
 use crate::catalogue::Catalogue;
+use crate::investigations::{NfsSettings, validate_mount_path_template};
 use crate::objects::ObjectSettings;
 use crate::queue::QueueTiming;
 use crate::store::Database;
@@ -159,4 +160,146 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+/// Settings of the LDAP sync of investigations. The sync is off unless `--ldap-url` is set.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LdapArgs {
+    /// LDAP server: `ldap://HOST:PORT` (plain or with --ldap-starttls) or `ldaps://HOST:PORT`.
+    /// The LDAP sync of investigations is off when this is unset.
+    #[arg(long, env = "VISA_LDAP_URL")]
+    pub ldap_url: Option<String>,
+
+    /// Search base of the investigation entries, for example `ou=proposals,dc=example,dc=org`.
+    #[arg(long, env = "VISA_LDAP_BASE_DN")]
+    pub ldap_base_dn: Option<String>,
+
+    /// Search filter that selects the investigation entries under the base (subtree scope).
+    #[arg(
+        long,
+        env = "VISA_LDAP_FILTER",
+        default_value = "(objectClass=posixGroup)"
+    )]
+    pub ldap_filter: String,
+
+    /// Attribute that contains the proposal identifier VISA sends in `proposals`.
+    #[arg(long, env = "VISA_LDAP_IDENTIFIER_ATTRIBUTE", default_value = "cn")]
+    pub ldap_identifier_attribute: String,
+
+    /// Multi-valued attribute that contains the investigation's data paths, one absolute path
+    /// per value.
+    #[arg(long, env = "VISA_LDAP_PATH_ATTRIBUTE", default_value = "description")]
+    pub ldap_path_attribute: String,
+
+    /// Attribute that contains the numeric group id that grants access to the data paths.
+    #[arg(
+        long,
+        env = "VISA_LDAP_GROUP_ID_ATTRIBUTE",
+        default_value = "gidNumber"
+    )]
+    pub ldap_group_id_attribute: String,
+
+    /// DN to bind as. The sync binds anonymously when this is unset.
+    #[arg(long, env = "VISA_LDAP_BIND_DN")]
+    pub ldap_bind_dn: Option<String>,
+
+    /// File whose content (one trailing newline removed) is the bind password. It is read at
+    /// every sync, so a rotated password needs no restart. Alternatively set VISA_LDAP_PASSWORD.
+    #[arg(long, env = "VISA_LDAP_PASSWORD_FILE")]
+    pub ldap_password_file: Option<PathBuf>,
+
+    /// Upgrades an `ldap://` connection with StartTLS before binding.
+    #[arg(long, env = "VISA_LDAP_STARTTLS")]
+    pub ldap_starttls: bool,
+
+    /// PEM file of the CA certificates that verify the server for `ldaps://` and StartTLS. The
+    /// system's CA certificates are used when this is unset.
+    #[arg(long, env = "VISA_LDAP_CA_FILE")]
+    pub ldap_ca_file: Option<PathBuf>,
+
+    /// Seconds each step (connecting with TLS, binding, each page of the search) may take.
+    #[arg(long, env = "VISA_LDAP_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub ldap_timeout_seconds: u64,
+
+    /// Entries per page of the search (simple paged results control, RFC 2696).
+    #[arg(long, env = "VISA_LDAP_PAGE_SIZE", default_value_t = 500)]
+    pub ldap_page_size: u32,
+
+    /// Seconds between scheduled syncs. Of several workers, one syncs per interval.
+    #[arg(long, env = "VISA_LDAP_SYNC_INTERVAL_SECONDS", default_value_t = 900)]
+    pub ldap_sync_interval_seconds: u64,
+
+    /// Seconds a failing sync keeps retrying, with exponential backoff, before it records the
+    /// failure. With 0 the first failure is recorded.
+    #[arg(long, env = "VISA_LDAP_RETRY_BUDGET_SECONDS", default_value_t = 300)]
+    pub ldap_retry_budget_seconds: u64,
+}
+
+/// Settings of the NFS mounts of investigation data in instances.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NfsArgs {
+    /// NFS server that exports the investigations' data paths. Instances get no data mounts
+    /// and no supplemental groups when this is unset.
+    #[arg(long, env = "VISA_NFS_SERVER")]
+    pub nfs_server: Option<String>,
+
+    /// Mounts the data paths read-write instead of read-only.
+    #[arg(long, env = "VISA_NFS_READ_WRITE")]
+    pub nfs_read_write: bool,
+
+    /// Mount path in the main container, in which `{path}` is replaced by the data path and
+    /// `{proposal}` by the proposal identifier, for example `/data/{proposal}`. A repeated mount
+    /// path gets `-2`, `-3`... appended.
+    #[arg(long, env = "VISA_NFS_MOUNT_PATH", default_value = "{path}")]
+    pub nfs_mount_path: String,
+}
+
+impl NfsArgs {
+    /// Returns the NFS settings, `None` when no server is set.
+    pub fn nfs_settings(&self) -> anyhow::Result<Option<NfsSettings>> {
+        let Some(server) = self.nfs_server.clone().filter(|server| !server.is_empty()) else {
+            return Ok(None);
+        };
+        validate_mount_path_template(&self.nfs_mount_path)
+            .map_err(|message| anyhow::anyhow!("invalid --nfs-mount-path: {message}"))?;
+        Ok(Some(NfsSettings {
+            server,
+            read_only: !self.nfs_read_write,
+            mount_path: self.nfs_mount_path.clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        nfs: NfsArgs,
+    }
+
+    fn nfs(args: &[&str]) -> anyhow::Result<Option<NfsSettings>> {
+        let mut argv = vec!["test"];
+        argv.extend_from_slice(args);
+        Command::try_parse_from(argv).unwrap().nfs.nfs_settings()
+    }
+
+    #[test]
+    fn nfs_settings() {
+        assert_eq!(nfs(&[]).unwrap(), None);
+        let settings = nfs(&["--nfs-server", "nfs.example.org"]).unwrap().unwrap();
+        assert!(settings.read_only);
+        assert_eq!(settings.mount_path, "{path}");
+        let settings = nfs(&["--nfs-server", "nfs.example.org", "--nfs-read-write"])
+            .unwrap()
+            .unwrap();
+        assert!(!settings.read_only);
+        let error = nfs(&["--nfs-server", "x", "--nfs-mount-path", "data/{proposal}"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("invalid --nfs-mount-path"), "{error}");
+    }
 }

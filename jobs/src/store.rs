@@ -13,6 +13,12 @@ use sqlx::{AnyPool, Row};
 use crate::catalogue::{Catalogue, Device, Flavour, Image, SecurityGroup};
 use crate::model::{Action, DesiredState, InstanceRecord, Millis, RecordedFault};
 
+mod investigations;
+
+pub use investigations::{
+    DirectoryChanges, LDAP_SYNC_SCHEDULE, LdapSyncRun, StoredInvestigation, SyncCounts, SyncResult,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -650,6 +656,8 @@ impl Database {
             "images",
             "security_groups",
             "devices",
+            "investigations",
+            "ldap_sync_runs",
         ];
         assert!(allowed.contains(&table), "unknown table {table}");
         let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))

@@ -3,6 +3,8 @@
 #   slapd.sh start   starts it unless it already runs and prints ldap://127.0.0.1:PORT last
 #   slapd.sh stop    stops it, and the directory data and password stay for the next start
 # Environment: VISA_STATE_DIR (default /tmp/visa-k8s-provider), VISA_LDAP_PORT (default 3389).
+# With VISA_LDAP_TLS_CERT and VISA_LDAP_TLS_KEY (PEM files) slapd also offers StartTLS on that port,
+# and with VISA_LDAP_TLS_PORT it listens for ldaps:// there too.
 # Suffix dc=visa,dc=test with ou=people and ou=groups. The admin bind DN is cn=admin,dc=visa,dc=test,
 # and its password is in $VISA_STATE_DIR/slapd/password. slapd.conf, data, log and pid file are there too.
 set -euo pipefail
@@ -20,8 +22,18 @@ password_file="$slapd_dir/password"
 suffix="dc=visa,dc=test"
 admin_dn="cn=admin,$suffix"
 url="ldap://127.0.0.1:$port"
+tls_cert="${VISA_LDAP_TLS_CERT:-}"
+tls_key="${VISA_LDAP_TLS_KEY:-}"
+tls_port="${VISA_LDAP_TLS_PORT:-}"
 
 [[ "$port" =~ ^[0-9]+$ ]] || fail "VISA_LDAP_PORT must be a TCP port number, got '$port'"
+[[ -z "$tls_port" || "$tls_port" =~ ^[0-9]+$ ]] || fail "VISA_LDAP_TLS_PORT must be a TCP port number, got '$tls_port'"
+if [[ -n "$tls_cert" && -z "$tls_key" ]] || [[ -z "$tls_cert" && -n "$tls_key" ]]; then
+  fail "set both VISA_LDAP_TLS_CERT and VISA_LDAP_TLS_KEY, or neither"
+fi
+if [[ -n "$tls_port" && -z "$tls_cert" ]]; then
+  fail "VISA_LDAP_TLS_PORT needs VISA_LDAP_TLS_CERT and VISA_LDAP_TLS_KEY"
+fi
 
 admin_bind_succeeds() {
   ldapwhoami -x -H "$url" -D "$admin_dn" -y "$password_file" >/dev/null 2>&1
@@ -38,6 +50,12 @@ ensure_password_file() {
 write_config() {
   local password_hash
   password_hash=$(slappasswd -T "$password_file") || fail "slappasswd failed to hash $password_file"
+  # TLS settings are global, so they go before the database section.
+  local tls_settings=""
+  if [[ -n "$tls_cert" ]]; then
+    tls_settings="TLSCertificateFile $tls_cert
+TLSCertificateKeyFile $tls_key"
+  fi
   # The schema files and modules are the ones Debian's slapd package installs.
   (umask 077 && cat >"$config_file" <<CONF
 include /etc/ldap/schema/core.schema
@@ -49,6 +67,7 @@ pidfile $pid_file
 argsfile $slapd_dir/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
+$tls_settings
 
 database mdb
 maxsize 104857600
@@ -99,13 +118,20 @@ start() {
   if port_is_listening "$port"; then
     fail "port $port is in use by another process, so slapd cannot start; stop that process or set VISA_LDAP_PORT"
   fi
+  local listeners="ldap://127.0.0.1:$port/"
+  if [[ -n "$tls_port" ]]; then
+    if port_is_listening "$tls_port"; then
+      fail "port $tls_port is in use by another process, so slapd cannot start; stop that process or set VISA_LDAP_TLS_PORT"
+    fi
+    listeners="$listeners ldaps://127.0.0.1:$tls_port/"
+  fi
 
   mkdir -p "$data_dir"
   write_config
   slaptest -u -f "$config_file" >>"$log_file" 2>&1 || fail "slaptest rejected $config_file; see $log_file"
 
   # With -d slapd stays in the foreground and writes its log to stderr instead of syslog.
-  setsid slapd -d stats -f "$config_file" -h "ldap://127.0.0.1:$port/" </dev/null >>"$log_file" 2>&1 &
+  setsid slapd -d stats -f "$config_file" -h "$listeners" </dev/null >>"$log_file" 2>&1 &
   if ! wait_until 30 admin_bind_succeeds; then
     tail -n 20 "$log_file" >&2 || true
     fail "slapd on 127.0.0.1:$port did not accept the admin bind within 30 s of starting; see $log_file"

@@ -1,8 +1,9 @@
 //! A harness that runs the real API and worker binaries against the local control plane, Redis
 //! and a database, each test in its own namespace, queue and database.
 //!
-//! `scripts/test.sh` starts the services and sets `VISA_TEST_KUBECONFIG`, `VISA_TEST_REDIS_URL`
-//! and `VISA_TEST_MARIADB_URL` before it runs `cargo test`.
+//! `scripts/test.sh` starts the services and sets `VISA_TEST_KUBECONFIG`, `VISA_TEST_REDIS_URL`,
+//! `VISA_TEST_MARIADB_URL`, `VISA_TEST_LDAP_URL` and `VISA_TEST_LDAP_PASSWORD_FILE` before it
+//! runs `cargo test`.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -48,6 +49,8 @@ pub struct StackOptions {
     pub start_grace_seconds: u64,
     /// Extra options for the API, such as `--max-instances 1`.
     pub api_args: Vec<String>,
+    /// Extra command-line options of every worker, for example the LDAP and NFS settings.
+    pub worker_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -60,6 +63,7 @@ impl Default for StackOptions {
             retry_budget_seconds: 20,
             start_grace_seconds: 600,
             api_args: Vec::new(),
+            worker_args: Vec::new(),
         }
     }
 }
@@ -87,7 +91,8 @@ fn repository_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn binary(name: &str) -> PathBuf {
+/// Returns the path of a binary of this workspace, which must be built already.
+pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repository_root().join("target"));
@@ -203,6 +208,7 @@ impl Stack {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .env_remove("VISA_DATABASE_URL")
+            .env_remove("VISA_LDAP_PASSWORD")
             .args(["--database-url", &self.database_url])
             .args(["--redis-url", &required_env("VISA_TEST_REDIS_URL")])
             .args(["--queue", &self.queue])
@@ -239,7 +245,8 @@ impl Stack {
                 "2",
                 "--sweep-stale-seconds",
                 "30",
-            ]);
+            ])
+            .args(&self.options.worker_args);
         self.workers
             .push(Some(worker.spawn().expect("failed to start visa-worker")));
         index
@@ -421,6 +428,17 @@ impl Drop for Stack {
             eprintln!("failed to delete test namespace {}", self.namespace);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Creates an empty database of `backend` for one test, in `dir` for SQLite, and returns its URL.
+pub async fn test_database_url(backend: Backend, dir: &Path) -> String {
+    match backend {
+        Backend::Sqlite => {
+            std::fs::create_dir_all(dir).unwrap();
+            visa_jobs::store::sqlite_url(&dir.join("provider.db"))
+        }
+        Backend::MariaDb => create_mariadb_database(&short_id()).await,
     }
 }
 

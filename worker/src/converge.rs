@@ -13,8 +13,9 @@ use kube::{Api, Client};
 use tracing::{info, warn};
 
 use visa_jobs::catalogue::{Image, SecurityGroup};
+use visa_jobs::investigations::{NfsSettings, data_mounts, proposals_from_metadata};
 use visa_jobs::model::{DesiredState, InstanceRecord, format_visa_time, now_millis};
-use visa_jobs::objects::{self, FIELD_MANAGER, ObjectSettings, Provisioning};
+use visa_jobs::objects::{self, DataMounts, FIELD_MANAGER, ObjectSettings, Provisioning};
 use visa_jobs::queue::ConvergeInstance;
 use visa_jobs::store::{Database, JobStatus};
 
@@ -23,6 +24,8 @@ pub struct Converger {
     pub database: Database,
     pub client: Client,
     pub settings: ObjectSettings,
+    /// Settings of the NFS mounts of investigation data. `None` mounts no data.
+    pub nfs: Option<NfsSettings>,
     pub worker_name: String,
     /// How long a worker's hold on an instance lasts without renewal.
     pub lease_ttl: Duration,
@@ -302,8 +305,15 @@ impl Converger {
             .iter()
             .filter_map(|name| catalogue.security_group(name))
             .collect::<Vec<_>>();
+        // The pod's supplemental groups reach its processes; the owner's login session gets
+        // the same groups from the user's entry, which the provisioning script writes.
+        let data = self.data_mounts(record).await?;
         let provisioning = Provisioning {
-            groups: Vec::new(),
+            groups: data
+                .supplemental_groups
+                .iter()
+                .map(|gid| (format!("visa-{gid}"), *gid))
+                .collect(),
             sudo: groups.iter().any(|group| group.grants_sudo),
         };
 
@@ -320,7 +330,7 @@ impl Converger {
         self.apply_owned(record, image, &groups, &provisioning, owner.as_ref())
             .await?;
 
-        let set = objects::stateful_set(record, flavour, image, &self.settings, replicas);
+        let set = objects::stateful_set(record, flavour, image, &self.settings, &data, replicas);
         let applied = sets.patch(&record.id, &params, &Patch::Apply(&set)).await?;
         info!(instance = %record.id, replicas, action = record.action.as_str(), "applied StatefulSet");
         if owner.is_none() {
@@ -441,6 +451,36 @@ impl Converger {
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Looks up the synced investigations of the instance's proposals and builds their NFS
+    /// mounts. Proposals that are unknown or gone get no mount.
+    async fn data_mounts(&self, record: &InstanceRecord) -> Result<DataMounts, ConvergeError> {
+        let Some(nfs) = &self.nfs else {
+            return Ok(DataMounts::default());
+        };
+        let proposals = proposals_from_metadata(&record.metadata);
+        if proposals.is_empty() {
+            return Ok(DataMounts::default());
+        }
+        let investigations = self
+            .database
+            .investigations_for_proposals(&proposals)
+            .await?;
+        let data = data_mounts(
+            &investigations,
+            nfs,
+            &[self.settings.volume_mount_path.as_str()],
+        );
+        info!(
+            instance = %record.id,
+            proposals = proposals.len(),
+            known = investigations.len(),
+            mounts = data.mounts.len(),
+            groups = ?data.supplemental_groups,
+            "resolved investigation data"
+        );
+        Ok(data)
     }
 
     /// Deletes the StatefulSet and Service and waits until the StatefulSet is gone. The volume

@@ -1,29 +1,60 @@
 //! The worker process: takes instance jobs from Redis and converges Kubernetes to each
-//! instance's recorded intent. Any number of workers may run against the same queue.
+//! instance's recorded intent, and runs the scheduled LDAP sync of investigations. Any number
+//! of workers may run against the same queue. The `ldap-sync` and `ldap-status` subcommands let
+//! operators run a sync now and read the last one.
 
 mod converge;
+mod ldap_commands;
+mod ldap_schedule;
 mod sweep;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
-use clap::Parser;
-use tracing::info;
+use clap::{Args as _, CommandFactory, FromArgMatches, Parser, Subcommand};
+use tracing::{info, warn};
 
 use visa_jobs::queue::ConvergeInstance;
-use visa_jobs::settings::{CommonArgs, init_tracing, kube_client};
+use visa_jobs::settings::{CommonArgs, LdapArgs, NfsArgs, init_tracing, kube_client};
 
 use crate::converge::Converger;
+use crate::ldap_commands::{LdapStatusArgs, LdapSyncArgs};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "visa-worker",
-    about = "Runs VISA instance jobs against Kubernetes"
+    about = "Runs VISA instance jobs against Kubernetes and the scheduled LDAP sync",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs one LDAP sync of investigations now, with the worker's LDAP settings, and prints
+    /// its result. Exits with 1 when the sync failed.
+    LdapSync(Box<LdapSyncArgs>),
+    /// Prints the last LDAP sync's time, result and counts, and the stored investigations.
+    LdapStatus(LdapStatusArgs),
+}
+
+/// Settings of the worker process, which runs when no subcommand is given. They are added to
+/// the top-level command by `parse_command_line` rather than flattened into `Cli`, because
+/// clap's optional flatten ignores values that come from environment variables.
+#[derive(Debug, clap::Args)]
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+
+    #[command(flatten)]
+    ldap: LdapArgs,
+
+    #[command(flatten)]
+    nfs: NfsArgs,
 
     /// Name of this worker in Redis and in job rows; unique per process.
     #[arg(long, env = "VISA_WORKER_NAME")]
@@ -60,21 +91,70 @@ async fn handle(job: ConvergeInstance, converger: Data<Arc<Converger>>) -> Resul
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
-    let args = Args::parse();
+    match parse_command_line() {
+        Mode::Subcommand(Command::LdapSync(args)) => ldap_commands::sync(*args).await,
+        Mode::Subcommand(Command::LdapStatus(args)) => ldap_commands::status(args).await,
+        Mode::Worker(args) => run_worker(*args).await,
+    }
+}
+
+/// Mode that the command line selects.
+enum Mode {
+    Subcommand(Command),
+    Worker(Box<Args>),
+}
+
+/// Parses the command line, and exits with clap's message when it is invalid.
+fn parse_command_line() -> Mode {
+    let matches = Args::augment_args(Cli::command()).get_matches();
+    let parsed = Cli::from_arg_matches(&matches).map(|cli| cli.command);
+    match parsed {
+        Ok(Some(command)) => Mode::Subcommand(command),
+        Ok(None) => match Args::from_arg_matches(&matches) {
+            Ok(args) => Mode::Worker(Box::new(args)),
+            Err(error) => error.exit(),
+        },
+        Err(error) => error.exit(),
+    }
+}
+
+async fn run_worker(args: Args) -> anyhow::Result<()> {
     let worker_name = args.worker_name.clone().unwrap_or_else(default_worker_name);
+    let ldap = args.ldap.config()?;
+    let nfs = args.nfs.nfs_settings()?;
 
     let (database, _) = args.common.open_database().await?;
     let client = kube_client().await?;
     let storage = args.common.open_queue().await?;
 
+    match (&ldap, &nfs) {
+        (Some(_), None) => {
+            warn!("LDAP sync is on but --nfs-server is unset, so instances get no data mounts")
+        }
+        (None, Some(_)) => warn!(
+            "--nfs-server is set but LDAP sync is off, so only investigations synced before are mounted"
+        ),
+        _ => {}
+    }
+
     let converger = Arc::new(Converger {
         database: database.clone(),
         client,
         settings: args.common.object_settings(),
+        nfs,
         worker_name: worker_name.clone(),
         lease_ttl: Duration::from_secs(args.lease_ttl_seconds.max(3)),
         retry_budget: Duration::from_secs(args.retry_budget_seconds),
     });
+
+    if let Some(config) = ldap {
+        info!(url = %config.url, base = %config.base_dn, interval_s = config.interval.as_secs(), "LDAP sync scheduled");
+        tokio::spawn(ldap_schedule::run(
+            database.clone(),
+            config,
+            worker_name.clone(),
+        ));
+    }
 
     tokio::spawn(sweep::run(
         database,
