@@ -1,8 +1,11 @@
 //! A harness that runs the real API and worker binaries against the local control plane, Redis
 //! and a database, each test in its own namespace, queue and database.
 //!
-//! `scripts/test.sh` starts the services and sets `VISA_TEST_KUBECONFIG`, `VISA_TEST_REDIS_URL`
-//! and `VISA_TEST_MARIADB_URL` before it runs `cargo test`.
+//! `scripts/test.sh` starts the services and sets `VISA_TEST_KUBECONFIG`, `VISA_TEST_REDIS_URL`,
+//! `VISA_TEST_MARIADB_URL` and `VISA_TEST_BIN_DIR` (helm and kubectl) before it runs `cargo test`.
+
+pub mod chart;
+pub mod lifecycle;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -44,6 +47,11 @@ pub struct StackOptions {
     pub lease_ttl_seconds: u64,
     pub retry_budget_seconds: u64,
     pub start_grace_seconds: u64,
+    /// Instances' namespace, which must exist; a new namespace is created when `None`.
+    pub namespace: Option<String>,
+    /// Kubeconfig of the API and the workers; the admin kubeconfig when `None`. The test's own
+    /// client (`Stack::kube`) always uses the admin kubeconfig.
+    pub provider_kubeconfig: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -55,6 +63,8 @@ impl Default for StackOptions {
             lease_ttl_seconds: 5,
             retry_budget_seconds: 20,
             start_grace_seconds: 600,
+            namespace: None,
+            provider_kubeconfig: None,
         }
     }
 }
@@ -70,12 +80,15 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub base_url: String,
     pub dir: PathBuf,
+    /// Admin kubeconfig of the test cluster.
     pub kubeconfig: PathBuf,
+    /// Kubeconfig that the API and the workers use.
+    pub provider_kubeconfig: PathBuf,
     api: Option<Child>,
     workers: Vec<Option<Child>>,
 }
 
-fn repository_root() -> PathBuf {
+pub fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
@@ -124,11 +137,14 @@ impl Stack {
         std::fs::create_dir_all(&dir).unwrap();
 
         let kube = kube_client(&kubeconfig).await;
-        let namespace = format!("visa-t-{id}");
-        let namespaces: Api<Namespace> = Api::all(kube.clone());
-        let mut object = Namespace::default();
-        object.metadata.name = Some(namespace.clone());
-        namespaces.create(&PostParams::default(), &object).await.unwrap();
+        let namespace = match &options.namespace {
+            Some(namespace) => namespace.clone(),
+            None => create_namespace(&kube, &format!("visa-t-{id}")).await,
+        };
+        let provider_kubeconfig = options
+            .provider_kubeconfig
+            .clone()
+            .unwrap_or_else(|| kubeconfig.clone());
 
         let database_url = match options.backend {
             Backend::Sqlite => visa_jobs::store::sqlite_url(&dir.join("provider.db")),
@@ -155,12 +171,13 @@ impl Stack {
             base_url: format!("http://127.0.0.1:{port}"),
             dir,
             kubeconfig: kubeconfig.clone(),
+            provider_kubeconfig: provider_kubeconfig.clone(),
             api: None,
             workers: Vec::new(),
             options: options.clone(),
         };
 
-        let mut api = stack.command("visa-api", &kubeconfig, "api");
+        let mut api = stack.command("visa-api", &provider_kubeconfig, "api");
         api.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--token-file", stack.dir.join("token").to_str().unwrap()])
             .args(["--start-grace-seconds", &options.start_grace_seconds.to_string()])
@@ -169,7 +186,7 @@ impl Stack {
         stack.wait_until_ready().await;
 
         for _ in 0..options.workers {
-            stack.start_worker(&kubeconfig);
+            stack.start_worker(&provider_kubeconfig);
         }
         stack
     }
@@ -349,6 +366,15 @@ impl Drop for Stack {
             eprintln!("test stack files are kept in {}", self.dir.display());
         }
     }
+}
+
+/// Creates a namespace and returns its name.
+pub async fn create_namespace(kube: &kube::Client, name: &str) -> String {
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    let mut object = Namespace::default();
+    object.metadata.name = Some(name.to_owned());
+    namespaces.create(&PostParams::default(), &object).await.unwrap();
+    name.to_owned()
 }
 
 /// Creates a throw-away MariaDB database and returns its URL.
