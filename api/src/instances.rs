@@ -68,11 +68,11 @@ pub async fn create(
     let Json(request) = body?;
     validate(&state, &request)?;
 
-    if let Some(existing) = state.view.live_by_name(&request.name) {
-        if existing.desired != DesiredState::Deleted {
-            info!(instance = %existing.id, name = %request.name, "repeated create returns the existing instance");
-            return Ok((StatusCode::CREATED, Json(json!({ "id": existing.id }))));
-        }
+    if let Some(existing) = state.view.live_by_name(&request.name)
+        && existing.desired != DesiredState::Deleted
+    {
+        info!(instance = %existing.id, name = %request.name, "repeated create returns the existing instance");
+        return Ok((StatusCode::CREATED, Json(json!({ "id": existing.id }))));
     }
 
     let id = free_id(&state, &request.name).await?;

@@ -202,7 +202,7 @@ where
     while let Some(event) = stream.next().await {
         if let Err(error) = event {
             let restarts = view.watch_restarts.fetch_add(1, Ordering::Relaxed) + 1;
-            if restarts == 1 || restarts % 20 == 0 {
+            if restarts == 1 || restarts.is_multiple_of(20) {
                 warn!(kind, %error, restarts, "watch failed; retrying with backoff");
             }
         }
@@ -241,7 +241,7 @@ async fn refresh_records(view: Arc<View>, database: Database, interval: Duration
             }
             Err(error) => {
                 failures += 1;
-                if failures == 1 || failures % 30 == 0 {
+                if failures == 1 || failures.is_multiple_of(30) {
                     warn!(%error, failures, "failed to refresh instance records; serving the last known ones");
                 }
             }

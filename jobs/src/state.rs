@@ -342,7 +342,6 @@ mod tests {
                 }]),
                 ..PodStatus::default()
             }),
-            ..Pod::default()
         }
     }
 

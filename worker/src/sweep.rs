@@ -31,7 +31,7 @@ pub async fn run(
             Err(error) => {
                 failures += 1;
                 // One line for the first failure and then one per ten, so an outage does not flood.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     warn!(%error, failures, "drift sweep failed");
                 }
             }
