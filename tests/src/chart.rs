@@ -87,11 +87,12 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Output 
     run(command, input)
 }
 
-/// Returns the standard output of a command that must succeed; `what` names it in the panic.
-pub fn success_output(output: &Output, what: &str) -> String {
+/// Returns the standard output of a command, or panics with `description` and the output when
+/// the command failed.
+pub fn success_output(output: &Output, description: &str) -> String {
     assert!(
         output.status.success(),
-        "{what} failed with {}:\n{}\n{}",
+        "{description} failed with {}:\n{}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
@@ -209,7 +210,12 @@ impl ProviderAccount {
         );
         let token = success_output(&token, "kubectl create token");
         let kubeconfig = dir.join("provider-kubeconfig");
-        write_token_kubeconfig(admin_kubeconfig, &kubeconfig, token.trim(), &service_account);
+        write_token_kubeconfig(
+            admin_kubeconfig,
+            &kubeconfig,
+            token.trim(),
+            &service_account,
+        );
 
         ProviderAccount {
             release,
@@ -278,10 +284,12 @@ fn write_token_kubeconfig(admin_kubeconfig: &Path, path: &Path, token: &str, use
         .first()
         .and_then(|named| named.cluster.clone())
         .expect("the admin kubeconfig has a cluster");
-    let server = cluster.server.expect("the admin kubeconfig has a server URL");
-    let authority = cluster
-        .certificate_authority_data
-        .expect("the admin kubeconfig embeds the cluster's CA, as tests/cluster/start.sh writes it");
+    let server = cluster
+        .server
+        .expect("the admin kubeconfig has a server URL");
+    let authority = cluster.certificate_authority_data.expect(
+        "the admin kubeconfig embeds the cluster's CA, as tests/cluster/start.sh writes it",
+    );
 
     let text = format!(
         "apiVersion: v1

@@ -47,10 +47,10 @@ pub struct StackOptions {
     pub lease_ttl_seconds: u64,
     pub retry_budget_seconds: u64,
     pub start_grace_seconds: u64,
-    /// Instances' namespace, which must exist; a new namespace is created when `None`.
+    /// Instances' namespace, which must exist. The stack creates a new one when `None`.
     pub namespace: Option<String>,
-    /// Kubeconfig of the API and the workers; the admin kubeconfig when `None`. The test's own
-    /// client (`Stack::kube`) always uses the admin kubeconfig.
+    /// Kubeconfig of the API and the workers, or the admin kubeconfig when `None`. The test's
+    /// own client (`Stack::kube`) always uses the admin kubeconfig.
     pub provider_kubeconfig: Option<PathBuf>,
 }
 
@@ -89,10 +89,13 @@ pub struct Stack {
 }
 
 pub fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repository_root().join("target"));
@@ -106,7 +109,11 @@ fn binary(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn short_id() -> String {
@@ -152,7 +159,8 @@ impl Stack {
         };
         let catalogue = dir.join("catalogue.yaml");
         let text = options.catalogue.clone().unwrap_or_else(|| {
-            std::fs::read_to_string(repository_root().join("config/catalogue.example.yaml")).unwrap()
+            std::fs::read_to_string(repository_root().join("config/catalogue.example.yaml"))
+                .unwrap()
         });
         std::fs::write(&catalogue, text).unwrap();
         std::fs::write(dir.join("token"), format!("{TEST_TOKEN}\n")).unwrap();
@@ -180,7 +188,10 @@ impl Stack {
         let mut api = stack.command("visa-api", &provider_kubeconfig, "api");
         api.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--token-file", stack.dir.join("token").to_str().unwrap()])
-            .args(["--start-grace-seconds", &options.start_grace_seconds.to_string()])
+            .args([
+                "--start-grace-seconds",
+                &options.start_grace_seconds.to_string(),
+            ])
             .args(["--refresh-interval-ms", "200"]);
         stack.api = Some(api.spawn().expect("failed to start visa-api"));
         stack.wait_until_ready().await;
@@ -203,7 +214,10 @@ impl Stack {
             .args(["--database-url", &self.database_url])
             .args(["--redis-url", &required_env("VISA_TEST_REDIS_URL")])
             .args(["--queue", &self.queue])
-            .args(["--catalogue", self.dir.join("catalogue.yaml").to_str().unwrap()])
+            .args([
+                "--catalogue",
+                self.dir.join("catalogue.yaml").to_str().unwrap(),
+            ])
             .args(["--namespace", &self.namespace])
             .args(["--storage-class", STORAGE_CLASS])
             .args(["--heartbeat-seconds", "1", "--missed-heartbeats", "2"])
@@ -220,10 +234,22 @@ impl Stack {
         let mut worker = self.command("visa-worker", kubeconfig, &format!("worker-{index}"));
         worker
             .args(["--worker-name", &format!("{}-worker-{index}", self.queue)])
-            .args(["--lease-ttl-seconds", &self.options.lease_ttl_seconds.to_string()])
-            .args(["--retry-budget-seconds", &self.options.retry_budget_seconds.to_string()])
-            .args(["--sweep-interval-seconds", "2", "--sweep-stale-seconds", "30"]);
-        self.workers.push(Some(worker.spawn().expect("failed to start visa-worker")));
+            .args([
+                "--lease-ttl-seconds",
+                &self.options.lease_ttl_seconds.to_string(),
+            ])
+            .args([
+                "--retry-budget-seconds",
+                &self.options.retry_budget_seconds.to_string(),
+            ])
+            .args([
+                "--sweep-interval-seconds",
+                "2",
+                "--sweep-stale-seconds",
+                "30",
+            ]);
+        self.workers
+            .push(Some(worker.spawn().expect("failed to start visa-worker")));
         index
     }
 
@@ -251,7 +277,11 @@ impl Stack {
             if ready {
                 return;
             }
-            assert!(Instant::now() < deadline, "visa-api not ready after 60 s:\n{}", self.log("api"));
+            assert!(
+                Instant::now() < deadline,
+                "visa-api not ready after 60 s:\n{}",
+                self.log("api")
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -274,7 +304,10 @@ impl Stack {
     }
 
     pub async fn post(&self, path: &str, body: Option<&Value>) -> reqwest::Response {
-        let mut request = self.http.post(self.url(path)).header("X-Auth-Token", TEST_TOKEN);
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("X-Auth-Token", TEST_TOKEN);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -292,7 +325,9 @@ impl Stack {
 
     /// Creates an instance from the example request and returns its id.
     pub async fn create(&self, name: &str) -> String {
-        let response = self.post("/api/instances", Some(&example_request(name))).await;
+        let response = self
+            .post("/api/instances", Some(&example_request(name)))
+            .await;
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, 201, "create failed: {body}");
@@ -335,7 +370,11 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        panic!("instance {id} still answers after {} s:\n{}", timeout.as_secs(), tail(&self.log("worker-0"), 40));
+        panic!(
+            "instance {id} still answers after {} s:\n{}",
+            timeout.as_secs(),
+            tail(&self.log("worker-0"), 40)
+        );
     }
 
     /// Returns the number of jobs waiting in this stack's Redis queue.
@@ -373,7 +412,10 @@ pub async fn create_namespace(kube: &kube::Client, name: &str) -> String {
     let namespaces: Api<Namespace> = Api::all(kube.clone());
     let mut object = Namespace::default();
     object.metadata.name = Some(name.to_owned());
-    namespaces.create(&PostParams::default(), &object).await.unwrap();
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
     name.to_owned()
 }
 
@@ -389,6 +431,8 @@ async fn create_mariadb_database(id: &str) -> String {
         .unwrap();
     pool.close().await;
 
-    let (base, _) = admin_url.rsplit_once('/').expect("MariaDB URL ends with /DATABASE");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("MariaDB URL ends with /DATABASE");
     format!("{base}/{name}")
 }
