@@ -57,7 +57,7 @@ build_control_plane() {
   # kwok pins other k8s.io versions, so it installs on its own, outside this module.
   echo "building kwok and kwokctl v$KWOK_VERSION" >&2
   cd /
-  CGO_ENABLED=0 GOFLAGS= GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" \
+  CGO_ENABLED=0 GOFLAGS='' GOBIN="$bin_dir" go install -trimpath -ldflags "-s -w" \
     "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@v$KWOK_VERSION"
 
   touch "$control_plane_stamp"
@@ -71,7 +71,7 @@ build_helm() {
   # helm's go.mod has no replace directives, so go install builds it at the pinned version.
   # Without the -X flag `helm version` prints a development version.
   cd /
-  CGO_ENABLED=0 GOFLAGS= GOBIN="$bin_dir" go install -trimpath \
+  CGO_ENABLED=0 GOFLAGS='' GOBIN="$bin_dir" go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v$HELM_VERSION" \
     "helm.sh/helm/v4/cmd/helm@v$HELM_VERSION"
   touch "$helm_stamp"

@@ -156,6 +156,8 @@ pub struct ProviderAccount {
     pub service_account: String,
     pub kubeconfig: PathBuf,
     admin_kubeconfig: PathBuf,
+    /// Temporary folder of the kubeconfig, which contains the token.
+    dir: PathBuf,
 }
 
 impl ProviderAccount {
@@ -224,6 +226,7 @@ impl ProviderAccount {
             service_account,
             kubeconfig,
             admin_kubeconfig: admin_kubeconfig.to_owned(),
+            dir,
         }
     }
 
@@ -251,8 +254,10 @@ impl ProviderAccount {
 }
 
 impl Drop for ProviderAccount {
-    /// Deletes the ClusterRole and ClusterRoleBinding, which outlive the test's namespaces.
+    /// Deletes the ClusterRole and ClusterRoleBinding, which outlive the test's namespaces, and
+    /// the kubeconfig with the token.
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
         let selector = format!("app.kubernetes.io/instance={}", self.release);
         let output = kubectl(
             &self.admin_kubeconfig,

@@ -579,6 +579,42 @@ fn install_chart(command: &str, release: &str, namespace: &str, extra: &[&str]) 
     success_output(&helm(&args), &format!("helm {command}"));
 }
 
+/// A Helm release on the test cluster, uninstalled when dropped so that a failed test leaves no
+/// ClusterRole behind.
+struct InstalledRelease {
+    name: String,
+    namespace: String,
+}
+
+impl InstalledRelease {
+    fn uninstall(&self) -> std::process::Output {
+        let kubeconfig = admin_kubeconfig();
+        helm(&[
+            "uninstall",
+            &self.name,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--namespace",
+            &self.namespace,
+            "--ignore-not-found",
+            "--wait",
+        ])
+    }
+}
+
+impl Drop for InstalledRelease {
+    fn drop(&mut self) {
+        let output = self.uninstall();
+        if !output.status.success() {
+            eprintln!(
+                "failed to uninstall release {}: {}",
+                self.name,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
 #[test]
 fn install_keeps_token_and_namespace() {
     let kubeconfig = admin_kubeconfig();
@@ -595,6 +631,10 @@ fn install_keeps_token_and_namespace() {
         &namespace,
         &["--create-namespace", "--set", &instances_setting],
     );
+    let installed = InstalledRelease {
+        name: release.clone(),
+        namespace: namespace.clone(),
+    };
     let token = installed_token(&namespace, &base);
     assert_eq!(token.len(), 48, "generated token length");
 
@@ -628,15 +668,7 @@ fn install_keeps_token_and_namespace() {
         "helm upgrade did not apply the new RUST_LOG"
     );
 
-    let uninstall = helm(&[
-        "uninstall",
-        &release,
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--namespace",
-        &namespace,
-        "--wait",
-    ]);
+    let uninstall = installed.uninstall();
     success_output(&uninstall, "helm uninstall");
     let instances = kubectl(
         &kubeconfig,
