@@ -420,7 +420,7 @@ pub async fn create_namespace(kube: &kube::Client, name: &str) -> String {
 }
 
 /// Creates a throw-away MariaDB database and returns its URL.
-async fn create_mariadb_database(id: &str) -> String {
+pub async fn create_mariadb_database(id: &str) -> String {
     let admin_url = required_env("VISA_TEST_MARIADB_URL");
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&admin_url).await.unwrap();
