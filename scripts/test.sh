@@ -32,8 +32,10 @@ trap stop_services EXIT
 
 bash scripts/install-prerequisites.sh
 
-echo "== building the control plane binaries (cached after the first run)"
-bash tests/cluster/build-binaries.sh >/dev/null
+echo "== building the control plane binaries, kubectl and helm (cached after the first run)"
+# The chart tests run helm and kubectl from this folder.
+VISA_TEST_BIN_DIR=$(bash tests/cluster/build-binaries.sh | tail -n 1)
+export VISA_TEST_BIN_DIR
 
 echo "== starting the control plane, Redis, MariaDB and slapd in $VISA_STATE_DIR"
 VISA_TEST_KUBECONFIG=$(bash tests/cluster/start.sh | tail -n 1)

@@ -25,6 +25,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("failed to take the database migration lock: {0}")]
+    MigrationLock(String),
     #[error("invalid stored value in {column}: {message}")]
     Corrupt {
         column: &'static str,
@@ -35,6 +37,9 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Seconds a starting process waits for another process to finish migrating a MariaDB database.
+const MIGRATION_LOCK_TIMEOUT_SECONDS: i64 = 300;
 
 /// The outcome a worker records for a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,52 @@ pub struct Database {
     pool: AnyPool,
 }
 
+/// Runs the migrations of a MariaDB or MySQL database while holding a user lock, so that API
+/// replicas and workers that start at once apply each migration once.
+///
+/// sqlx's own lock calls `GET_LOCK(name, -1)`, for which MariaDB 10.11 returns NULL at once
+/// instead of waiting. Without this lock, concurrent starts fail with a duplicate migration row
+/// or a partially applied migration.
+async fn migrate_with_lock(pool: &AnyPool) -> StoreResult<()> {
+    let mut connection = pool.acquire().await?;
+    let acquired: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(GET_LOCK(CONCAT('visa-provider-migrations:', DATABASE()), ?) AS SIGNED)",
+    )
+    .bind(MIGRATION_LOCK_TIMEOUT_SECONDS)
+    .fetch_one(&mut *connection)
+    .await?;
+    match acquired {
+        Some(1) => {}
+        Some(_) => {
+            return Err(StoreError::MigrationLock(format!(
+                "timed out after {MIGRATION_LOCK_TIMEOUT_SECONDS} s while another process was \
+                 migrating, so check the other API and worker logs for a migration that hangs"
+            )));
+        }
+        None => {
+            return Err(StoreError::MigrationLock(
+                "GET_LOCK returned NULL".to_owned(),
+            ));
+        }
+    }
+
+    // run_direct takes the connection itself. With run(&mut *connection) the future of
+    // Database::connect is not Send ("implementation of Acquire is not general enough").
+    let migrated = MIGRATOR.run_direct(&mut *connection).await;
+    let released =
+        sqlx::query("SELECT RELEASE_LOCK(CONCAT('visa-provider-migrations:', DATABASE()))")
+            .execute(&mut *connection)
+            .await;
+    if let Err(error) = released {
+        // The server releases a user lock when its connection ends, so this connection must not
+        // go back to the pool still holding it.
+        tracing::warn!(%error, "failed to release the database migration lock, so its connection is closed");
+        connection.close_on_drop();
+    }
+    migrated?;
+    Ok(())
+}
+
 const INSTANCE_COLUMNS: &str = "id, name, image_id, flavour_id, security_groups, metadata, \
     boot_command, node, desired, action, action_at, action_seq, applied_seq, created_at, \
     first_ready_at, deleted_at, fault_message, fault_details, fault_at, updated_at";
@@ -116,7 +167,11 @@ impl Database {
             .connect(url)
             .await?;
 
-        MIGRATOR.run(&pool).await?;
+        if is_sqlite {
+            MIGRATOR.run(&pool).await?;
+        } else {
+            migrate_with_lock(&pool).await?;
+        }
         Ok(Self { pool })
     }
 

@@ -4,6 +4,9 @@ KUBERNETES_VERSION=1.37.2
 ETCD_VERSION=3.7.0
 KWOK_VERSION=0.8.0
 GO_MIN_VERSION=1.26.0
+# Helm renders and lints the chart in deploy/helm in the tests; v4.3.2 builds against the same
+# k8s.io/client-go v0.37.2 as the control plane.
+HELM_VERSION=4.3.2
 
 # Builds survive a fresh clone here; VISA_K8S_CACHE moves them.
 cluster_cache_root() {

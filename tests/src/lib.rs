@@ -2,8 +2,11 @@
 //! and a database, each test in its own namespace, queue and database.
 //!
 //! `scripts/test.sh` starts the services and sets `VISA_TEST_KUBECONFIG`, `VISA_TEST_REDIS_URL`,
-//! `VISA_TEST_MARIADB_URL`, `VISA_TEST_LDAP_URL` and `VISA_TEST_LDAP_PASSWORD_FILE` before it
-//! runs `cargo test`.
+//! `VISA_TEST_MARIADB_URL`, `VISA_TEST_LDAP_URL`, `VISA_TEST_LDAP_PASSWORD_FILE` and
+//! `VISA_TEST_BIN_DIR` (helm and kubectl) before it runs `cargo test`.
+
+pub mod chart;
+pub mod lifecycle;
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -51,6 +54,11 @@ pub struct StackOptions {
     pub api_args: Vec<String>,
     /// Extra command-line options of every worker, for example the LDAP and NFS settings.
     pub worker_args: Vec<String>,
+    /// Instances' namespace, which must exist. The stack creates a new one when `None`.
+    pub namespace: Option<String>,
+    /// Kubeconfig of the API and the workers, or the admin kubeconfig when `None`. The test's
+    /// own client (`Stack::kube`) always uses the admin kubeconfig.
+    pub provider_kubeconfig: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -64,6 +72,8 @@ impl Default for StackOptions {
             start_grace_seconds: 600,
             api_args: Vec::new(),
             worker_args: Vec::new(),
+            namespace: None,
+            provider_kubeconfig: None,
         }
     }
 }
@@ -79,12 +89,15 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub base_url: String,
     pub dir: PathBuf,
+    /// Admin kubeconfig of the test cluster.
     pub kubeconfig: PathBuf,
+    /// Kubeconfig that the API and the workers use.
+    pub provider_kubeconfig: PathBuf,
     api: Option<Child>,
     workers: Vec<Option<Child>>,
 }
 
-fn repository_root() -> PathBuf {
+pub fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -141,14 +154,14 @@ impl Stack {
         std::fs::create_dir_all(&dir).unwrap();
 
         let kube = kube_client(&kubeconfig).await;
-        let namespace = format!("visa-t-{id}");
-        let namespaces: Api<Namespace> = Api::all(kube.clone());
-        let mut object = Namespace::default();
-        object.metadata.name = Some(namespace.clone());
-        namespaces
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap();
+        let namespace = match &options.namespace {
+            Some(namespace) => namespace.clone(),
+            None => create_namespace(&kube, &format!("visa-t-{id}")).await,
+        };
+        let provider_kubeconfig = options
+            .provider_kubeconfig
+            .clone()
+            .unwrap_or_else(|| kubeconfig.clone());
 
         let database_url = match options.backend {
             Backend::Sqlite => visa_jobs::store::sqlite_url(&dir.join("provider.db")),
@@ -176,12 +189,13 @@ impl Stack {
             base_url: format!("http://127.0.0.1:{port}"),
             dir,
             kubeconfig: kubeconfig.clone(),
+            provider_kubeconfig: provider_kubeconfig.clone(),
             api: None,
             workers: Vec::new(),
             options: options.clone(),
         };
 
-        let mut api = stack.command("visa-api", &kubeconfig, "api");
+        let mut api = stack.command("visa-api", &provider_kubeconfig, "api");
         api.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--token-file", stack.dir.join("token").to_str().unwrap()])
             .args([
@@ -194,7 +208,7 @@ impl Stack {
         stack.wait_until_ready().await;
 
         for _ in 0..options.workers {
-            stack.start_worker(&kubeconfig);
+            stack.start_worker(&provider_kubeconfig);
         }
         stack
     }
@@ -406,7 +420,12 @@ impl Drop for Stack {
         }
 
         // Deleting the namespace frees the nodes' capacity for the tests that follow. Drop
-        // cannot await, so a thread with a runtime of its own makes the request.
+        // cannot await, so a thread with a runtime of its own makes the request. A namespace the
+        // test passed in is the test's to delete.
+        if self.options.namespace.is_some() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
         let kubeconfig = self.kubeconfig.clone();
         let namespace = self.namespace.clone();
         let deleted = std::thread::spawn(move || {
@@ -442,8 +461,20 @@ pub async fn test_database_url(backend: Backend, dir: &Path) -> String {
     }
 }
 
+/// Creates a namespace and returns its name.
+pub async fn create_namespace(kube: &kube::Client, name: &str) -> String {
+    let namespaces: Api<Namespace> = Api::all(kube.clone());
+    let mut object = Namespace::default();
+    object.metadata.name = Some(name.to_owned());
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    name.to_owned()
+}
+
 /// Creates a throw-away MariaDB database and returns its URL.
-async fn create_mariadb_database(id: &str) -> String {
+pub async fn create_mariadb_database(id: &str) -> String {
     let admin_url = required_env("VISA_TEST_MARIADB_URL");
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&admin_url).await.unwrap();
