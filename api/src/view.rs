@@ -139,6 +139,14 @@ impl View {
 
     /// Returns every instance whose deletion has not finished, oldest first.
     pub fn instances(&self) -> Vec<Instance> {
+        self.live_records()
+            .iter()
+            .filter_map(|record| self.instance(record))
+            .collect()
+    }
+
+    /// Returns the records of every instance whose deletion has not finished, oldest first.
+    pub fn live_records(&self) -> Vec<InstanceRecord> {
         let mut records: Vec<InstanceRecord> = self
             .records
             .read()
@@ -149,9 +157,11 @@ impl View {
             .collect();
         records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         records
-            .iter()
-            .filter_map(|record| self.instance(record))
-            .collect()
+    }
+
+    /// Returns the node that the instance's pod is scheduled on, from the pod watch.
+    pub fn node_of(&self, id: &str) -> Option<String> {
+        self.pod(id)?.spec.as_ref()?.node_name.clone()
     }
 
     pub fn pod(&self, id: &str) -> Option<Arc<Pod>> {
@@ -174,6 +184,10 @@ impl View {
         );
 
         if observed.ready && record.first_ready_at.is_none() {
+            // Each API replica counts the instances it sees ready first, so a sum over
+            // replicas can count an instance more than once.
+            let seconds = (now - record.created_at).max(0) as f64 / 1000.0;
+            metrics::histogram!(visa_jobs::prometheus::CREATE_TO_READY).record(seconds);
             let mut first = record.clone();
             first.first_ready_at = Some(now);
             first.updated_at = now;

@@ -4,6 +4,7 @@
 pub mod catalogue;
 pub mod model;
 pub mod objects;
+pub mod prometheus;
 pub mod queue;
 pub mod settings;
 pub mod state;

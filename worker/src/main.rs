@@ -2,6 +2,7 @@
 //! instance's recorded intent. Any number of workers may run against the same queue.
 
 mod converge;
+mod job_metrics;
 mod sweep;
 
 use std::sync::Arc;
@@ -48,6 +49,10 @@ struct Args {
     /// Seconds after which an unfinished intent is enqueued again by the sweep.
     #[arg(long, env = "VISA_SWEEP_STALE_SECONDS", default_value_t = 300)]
     sweep_stale_seconds: u64,
+
+    /// Address and port to serve Prometheus metrics on at /metrics; off when unset.
+    #[arg(long, env = "VISA_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 async fn handle(job: ConvergeInstance, converger: Data<Arc<Converger>>) -> Result<(), BoxDynError> {
@@ -62,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let args = Args::parse();
     let worker_name = args.worker_name.clone().unwrap_or_else(default_worker_name);
+    if let Some(address) = &args.metrics_listen {
+        job_metrics::serve(address).await?;
+    }
 
     let (database, _) = args.common.open_database().await?;
     let client = kube_client().await?;
