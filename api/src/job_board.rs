@@ -185,11 +185,11 @@ fn write_filter_form(body: &mut String, status: &str, instance: &str) {
         let selected = if option == status { " selected" } else { "" };
         let _ = write!(body, "<option{selected}>{option}</option>");
     }
-    let _ = write!(
+    let _ = writeln!(
         body,
         "</select></label> <label>Instance <input name=\"instance\" value=\"{}\" size=\"24\">\
          </label> <button type=\"submit\">Filter</button> <a href=\"/operator/jobs/\">clear</a>\
-         </form>\n",
+         </form>",
         escape(instance)
     );
 }

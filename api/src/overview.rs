@@ -124,12 +124,12 @@ fn write_summary(body: &mut String, counts: &BTreeMap<&'static str, usize>, owne
 }
 
 fn write_filter_form(body: &mut String, state: &str, owner: &str) {
-    let _ = write!(
+    let _ = writeln!(
         body,
         "<form method=\"get\" action=\"/operator/instances\">\
          <label>State <input name=\"state\" value=\"{}\" size=\"12\"></label> \
          <label>Owner <input name=\"owner\" value=\"{}\" size=\"16\"></label> \
-         <button type=\"submit\">Filter</button> <a href=\"/operator/instances\">clear</a></form>\n",
+         <button type=\"submit\">Filter</button> <a href=\"/operator/instances\">clear</a></form>",
         escape(state),
         escape(owner)
     );
@@ -166,12 +166,12 @@ fn write_row(body: &mut String, row: &Row, now: i64) {
         Some(value) => escape(value),
         None => "<span class=\"muted\">-</span>".to_owned(),
     };
-    let _ = write!(
+    let _ = writeln!(
         body,
         "<tr id=\"instance-{id}\"><td>{name}<br><span class=\"muted\">{id}</span></td>\
          <td>{owner}</td><td><span class=\"state state-{state}\">{state}</span></td>\
          <td>{fault}</td><td>{flavour}</td><td>{image}</td><td>{node}</td><td>{address}</td>\
-         <td title=\"{created}\">{age}</td><td>{jobs}</td></tr>\n",
+         <td title=\"{created}\">{age}</td><td>{jobs}</td></tr>",
         id = escape(&row.record.id),
         name = escape(&row.record.name),
         owner = optional(row.record.owner()),

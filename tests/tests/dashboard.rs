@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 
 use visa_jobs::objects::{MAIN_CONTAINER, pod_name};
 use visa_tests::{
-    OPERATOR_PASSWORD, OPERATOR_USER, Stack, StackOptions, TEST_TOKEN, example_request, short_id,
-    target_dir,
+    Backend, OPERATOR_PASSWORD, OPERATOR_USER, Stack, StackOptions, TEST_TOKEN, example_request,
+    short_id, target_dir,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -168,8 +168,21 @@ async fn operator_pages_need_operator_credentials() {
 }
 
 #[tokio::test]
-async fn overview_filters_by_state_and_owner() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn overview_filters_on_sqlite() {
+    overview_filters_by_state_and_owner(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn overview_filters_on_mariadb() {
+    overview_filters_by_state_and_owner(Backend::MariaDb).await;
+}
+
+async fn overview_filters_by_state_and_owner(backend: Backend) {
+    let stack = Stack::start(StackOptions {
+        backend,
+        ..StackOptions::default()
+    })
+    .await;
     let hostile_owner = "o'brien <b>&";
     let running = create_owned(&stack, "alice").await;
     let stopped = create_owned(&stack, hostile_owner).await;
