@@ -1,7 +1,7 @@
-//! `/operator/jobs/`: the job dashboard. It shows the Redis queue of instance jobs (waiting,
-//! scheduled for retry, in flight per worker, done, dead) and the jobs recorded in the database
-//! with their status, attempts, worker, last error and times, filtered by `status` and
-//! `instance` query parameters.
+//! `/operator/jobs/`: the job dashboard. It shows the Redis queue of instance jobs: waiting,
+//! scheduled for retry, in flight per worker, done and dead. Below it are the jobs recorded in
+//! the database with their status, attempts, worker, last error and times, filtered by the
+//! `status` and `instance` query parameters.
 //!
 //! The apalis-board 1.0.0 UI is not used: its prebuilt web app loads its files from `/` and
 //! calls its API at `/api/v1`, so it cannot be served under an operator path, and several of
@@ -26,10 +26,10 @@ const STATUSES: [&str; 4] = ["queued", "running", "succeeded", "failed"];
 
 #[derive(Debug, Default, Deserialize)]
 pub struct JobQuery {
-    /// One of `queued`, `running`, `succeeded` or `failed`; empty means any.
+    /// One of `queued`, `running`, `succeeded` or `failed`, or empty for any.
     #[serde(default)]
     status: String,
-    /// An instance id; empty means any.
+    /// An instance id, or empty for any.
     #[serde(default)]
     instance: String,
 }

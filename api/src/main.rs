@@ -53,8 +53,8 @@ struct Args {
     #[arg(long, env = "VISA_OPERATOR_USER", default_value = "operator")]
     operator_user: String,
 
-    /// File whose first line is the operators' password (12 characters or more); the pages
-    /// under /operator answer 404 when unset.
+    /// File whose first line is the operators' password, 12 characters or more. Without it
+    /// the pages under /operator return 404.
     #[arg(long, env = "VISA_OPERATOR_PASSWORD_FILE")]
     operator_password_file: Option<PathBuf>,
 }

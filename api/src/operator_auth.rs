@@ -57,7 +57,7 @@ impl OperatorCredentials {
     }
 
     /// Checks an `Authorization` header value. Both digests are always compared, in constant
-    /// time, so the time taken tells nothing about which part differs or by how much.
+    /// time, so the time taken does not depend on which part differs or where.
     pub fn accepts(&self, authorization: &[u8]) -> bool {
         let Some((user, password)) = parse_basic(authorization) else {
             return false;
@@ -84,7 +84,7 @@ fn parse_basic(authorization: &[u8]) -> Option<(String, String)> {
 }
 
 /// Lets a request through only with the operator's credentials. VISA's `X-Auth-Token` opens
-/// nothing here. Without configured credentials the operator pages answer 404.
+/// nothing here. Without configured credentials the operator pages return 404.
 pub async fn require_operator(
     State(state): State<AppState>,
     request: Request,

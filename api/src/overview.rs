@@ -24,10 +24,10 @@ const JOB_QUERIES_AT_ONCE: usize = 8;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct OverviewQuery {
-    /// State word such as `ACTIVE`, compared without regard to case; empty means any.
+    /// State word such as `ACTIVE`, compared without regard to case, or empty for any.
     #[serde(default)]
     state: String,
-    /// Owner from the instance's metadata, compared exactly; empty means any.
+    /// Owner from the instance's metadata, compared exactly, or empty for any.
     #[serde(default)]
     owner: String,
 }

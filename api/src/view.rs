@@ -184,8 +184,8 @@ impl View {
         );
 
         if observed.ready && record.first_ready_at.is_none() {
-            // Each API replica counts the instances it sees ready first, so a sum over
-            // replicas can count an instance more than once.
+            // Each API replica counts the instances that it is first to observe as ready, so a
+            // sum over replicas can count an instance more than once.
             let seconds = (now - record.created_at).max(0) as f64 / 1000.0;
             metrics::histogram!(visa_jobs::prometheus::CREATE_TO_READY).record(seconds);
             let mut first = record.clone();

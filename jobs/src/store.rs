@@ -65,7 +65,7 @@ pub struct JobRecord {
     pub updated_at: Millis,
 }
 
-/// Which jobs `Database::recent_jobs` returns.
+/// Filter of `Database::recent_jobs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFilter {
     /// Only jobs with this status (`queued`, `running`, `succeeded` or `failed`).
@@ -520,7 +520,7 @@ impl Database {
 
     /// Returns the newest jobs that match `filter`, newest first.
     // NOTE: no index covers `jobs.created_at` alone, so without an instance filter this reads
-    // the whole jobs table; fine for an operator page, but it grows with the job history.
+    // the whole jobs table. Its cost grows with the job history, which nothing prunes yet.
     pub async fn recent_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
         if filter.status.is_some() {
