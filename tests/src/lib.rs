@@ -403,6 +403,16 @@ impl Stack {
         );
     }
 
+    /// Deletes this stack's namespace with everything in it, so that its pods stop taking the
+    /// KWOK nodes' CPU and memory from later tests.
+    pub async fn delete_namespace(&self) {
+        let namespaces: Api<Namespace> = Api::all(self.kube.clone());
+        namespaces
+            .delete(&self.namespace, &Default::default())
+            .await
+            .unwrap();
+    }
+
     /// Returns the number of jobs waiting in this stack's Redis queue.
     pub async fn queued_jobs(&self) -> i64 {
         let client = redis::Client::open(required_env("VISA_TEST_REDIS_URL")).unwrap();

@@ -247,6 +247,8 @@ async fn overview_filters_by_state_and_owner(backend: Backend) {
         "{jobs}"
     );
     assert!(!jobs.contains(&format!(">{running}</a>")), "{jobs}");
+
+    stack.delete_namespace().await;
 }
 
 /// Returns the value of the series `name{labels}`, where `labels` may be a subset of the
@@ -350,6 +352,8 @@ async fn metrics_after_create_to_active() {
         None,
         "{worker}"
     );
+
+    stack.delete_namespace().await;
 }
 
 /// Writes a copy of the admin kubeconfig whose API server is `server`.
@@ -518,4 +522,6 @@ async fn pages_render_in_chromium() {
     for id in [&active, &stopped, &failed] {
         assert!(jobs.contains(&format!(">{id}</a>")), "{id}:\n{jobs}");
     }
+
+    stack.delete_namespace().await;
 }
