@@ -189,7 +189,7 @@ impl Stack {
         };
 
         let api = stack.api_command(&kubeconfig, "api", port);
-        stack.api = Some(api_spawn(api));
+        stack.api = Some(start_api_process(api));
         stack.wait_until_ready().await;
 
         for _ in 0..options.workers {
@@ -220,7 +220,7 @@ impl Stack {
     pub fn spawn_api(&mut self, kubeconfig: &Path, log: &str) -> String {
         let port = free_port();
         let api = self.api_command(kubeconfig, log, port);
-        self.extra_apis.push(api_spawn(api));
+        self.extra_apis.push(start_api_process(api));
         format!("http://127.0.0.1:{port}")
     }
 
@@ -426,7 +426,7 @@ impl Stack {
     }
 }
 
-fn api_spawn(mut command: Command) -> Child {
+fn start_api_process(mut command: Command) -> Child {
     command.spawn().expect("failed to start visa-api")
 }
 
