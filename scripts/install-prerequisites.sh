@@ -14,7 +14,7 @@ done
 
 missing=()
 for pair in redis-server:redis-server mariadbd:mariadb-server slapd:slapd ldapsearch:ldap-utils \
-  openssl:openssl curl:curl ss:iproute2 flock:util-linux; do
+  openssl:openssl curl:curl ss:iproute2 flock:util-linux chromium:chromium; do
   command_name=${pair%%:*}
   package=${pair#*:}
   command -v "$command_name" >/dev/null 2>&1 || missing+=("$package")

@@ -33,6 +33,10 @@ token_file="$run_dir/token"
 if [[ ! -s "$token_file" ]]; then
   (umask 077 && openssl rand -hex 32 >"$token_file")
 fi
+operator_password_file="$run_dir/operator-password"
+if [[ ! -s "$operator_password_file" ]]; then
+  (umask 077 && openssl rand -hex 16 >"$operator_password_file")
+fi
 
 export KUBECONFIG="$kubeconfig"
 export VISA_DATABASE_URL="sqlite://$run_dir/provider.db?mode=rwc"
@@ -54,7 +58,8 @@ start_process() {
   echo $! >"$pid_file"
 }
 
-start_process visa-api target/debug/visa-api --listen "127.0.0.1:$api_port" --token-file "$token_file"
+start_process visa-api target/debug/visa-api --listen "127.0.0.1:$api_port" --token-file "$token_file" \
+  --operator-password-file "$operator_password_file"
 start_process visa-worker target/debug/visa-worker
 
 echo "== waiting for the API to be ready"
@@ -65,6 +70,8 @@ for _ in $(seq 1 120); do
 The provider is running.
   API URL:     http://127.0.0.1:$api_port/api  (VISA_CLOUD_WEB_PROVIDER_URL)
   Token file:  $token_file  (VISA_CLOUD_WEB_PROVIDER_AUTH_TOKEN)
+  Operators:   http://127.0.0.1:$api_port/operator/instances and /operator/jobs/, user
+               operator, password in $operator_password_file; metrics at /metrics
   Kubeconfig:  $kubeconfig
   Logs:        $run_dir/visa-api.log and $run_dir/visa-worker.log
 

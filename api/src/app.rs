@@ -5,9 +5,11 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
+use axum::response::Redirect;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 use visa_jobs::catalogue::Catalogue;
@@ -16,8 +18,9 @@ use visa_jobs::store::Database;
 
 use crate::capacity::QuotaSettings;
 use crate::error::ApiError;
+use crate::operator_auth::OperatorCredentials;
 use crate::view::View;
-use crate::{capacity, catalogue, instances};
+use crate::{capacity, catalogue, instances, job_board, operator_auth, overview, telemetry};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,6 +32,9 @@ pub struct AppState {
     pub quota: QuotaSettings,
     /// False turns `POST /api/instances/{id}/migrate` into a 404.
     pub migration_enabled: bool,
+    /// Credentials of the operator pages; `None` disables them.
+    pub operator: Option<Arc<OperatorCredentials>>,
+    pub metrics: PrometheusHandle,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -80,12 +86,29 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
 
+    let operator = Router::new()
+        .route("/", get(|| async { Redirect::to("/operator/instances") }))
+        .route("/instances", get(overview::instances))
+        .route(
+            "/jobs",
+            get(|| async { Redirect::permanent("/operator/jobs/") }),
+        )
+        .route("/jobs/", get(job_board::jobs))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such operator page\n") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            operator_auth::require_operator,
+        ));
+
     Router::new()
         .nest("/api", api)
+        .nest("/operator", operator)
         .route("/healthz", get(|| async { "ok" }))
         .route("/openapi.json", get(openapi))
         .route("/readyz", get(readiness))
+        .route("/metrics", get(telemetry::scrape))
         .with_state(state)
+        .layer(middleware::from_fn(telemetry::track_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 

@@ -4,7 +4,12 @@ mod app;
 mod capacity;
 mod catalogue;
 mod error;
+mod html;
 mod instances;
+mod job_board;
+mod operator_auth;
+mod overview;
+mod telemetry;
 mod view;
 
 use std::path::PathBuf;
@@ -17,6 +22,7 @@ use tracing::info;
 use visa_jobs::settings::{CommonArgs, init_tracing, kube_client};
 
 use crate::app::AppState;
+use crate::operator_auth::OperatorCredentials;
 use crate::view::View;
 
 #[derive(Debug, Parser)]
@@ -59,6 +65,15 @@ struct Args {
     /// Milliseconds between reloads of changed instance records from the database.
     #[arg(long, env = "VISA_REFRESH_INTERVAL_MS", default_value_t = 1000)]
     refresh_interval_ms: u64,
+
+    /// User name that operators give, with the password, to open the pages under /operator.
+    #[arg(long, env = "VISA_OPERATOR_USER", default_value = "operator")]
+    operator_user: String,
+
+    /// File whose first line is the operators' password, 12 characters or more. Without it
+    /// the pages under /operator return 404.
+    #[arg(long, env = "VISA_OPERATOR_PASSWORD_FILE")]
+    operator_password_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -66,6 +81,17 @@ async fn main() -> anyhow::Result<()> {
     init_tracing();
     let args = Args::parse();
     let token = read_token(&args.token_file)?;
+    let operator = match &args.operator_password_file {
+        Some(path) => Some(Arc::new(OperatorCredentials::load(
+            &args.operator_user,
+            path,
+        )?)),
+        None => {
+            info!("operator pages disabled: set --operator-password-file to enable them");
+            None
+        }
+    };
+    let metrics = visa_jobs::prometheus::install_recorder()?;
 
     let (database, catalogue) = args.common.open_database().await?;
     let client = kube_client().await?;
@@ -90,6 +116,8 @@ async fn main() -> anyhow::Result<()> {
             max_ram_mib: args.max_ram_mib,
         },
         migration_enabled: !args.disable_migration,
+        operator,
+        metrics,
     };
 
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -138,17 +138,6 @@ impl View {
         self.pods.state()
     }
 
-    /// Returns every record whose deletion has not finished.
-    pub fn live_records(&self) -> Vec<InstanceRecord> {
-        self.records
-            .read()
-            .expect("view lock poisoned")
-            .values()
-            .filter(|record| record.deleted_at.is_none())
-            .cloned()
-            .collect()
-    }
-
     /// Stores a record written by this process, so the next read sees it without a refresh.
     pub fn put(&self, record: InstanceRecord) {
         let mut records = self.records.write().expect("view lock poisoned");
@@ -194,12 +183,29 @@ impl View {
 
     /// Returns every instance whose deletion has not finished, oldest first.
     pub fn instances(&self) -> Vec<Instance> {
-        let mut records = self.live_records();
-        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        records
+        self.live_records()
             .iter()
             .filter_map(|record| self.instance(record))
             .collect()
+    }
+
+    /// Returns the records of every instance whose deletion has not finished, oldest first.
+    pub fn live_records(&self) -> Vec<InstanceRecord> {
+        let mut records: Vec<InstanceRecord> = self
+            .records
+            .read()
+            .expect("view lock poisoned")
+            .values()
+            .filter(|record| record.deleted_at.is_none())
+            .cloned()
+            .collect();
+        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        records
+    }
+
+    /// Returns the node that the instance's pod is scheduled on, from the pod watch.
+    pub fn node_of(&self, id: &str) -> Option<String> {
+        self.pod(id)?.spec.as_ref()?.node_name.clone()
     }
 
     pub fn pod(&self, id: &str) -> Option<Arc<Pod>> {
@@ -222,6 +228,10 @@ impl View {
         );
 
         if observed.ready && record.first_ready_at.is_none() {
+            // Each API replica counts the instances that it is first to observe as ready, so a
+            // sum over replicas can count an instance more than once.
+            let seconds = (now - record.created_at).max(0) as f64 / 1000.0;
+            metrics::histogram!(visa_jobs::prometheus::CREATE_TO_READY).record(seconds);
             let mut first = record.clone();
             first.first_ready_at = Some(now);
             first.updated_at = now;

@@ -7,6 +7,7 @@ pub mod investigations;
 pub mod ldap;
 pub mod model;
 pub mod objects;
+pub mod prometheus;
 pub mod quantity;
 pub mod queue;
 pub mod settings;

@@ -76,6 +76,15 @@ pub struct JobRecord {
     pub updated_at: Millis,
 }
 
+/// Filter of `Database::recent_jobs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs with this status (`queued`, `running`, `succeeded` or `failed`).
+    pub status: Option<String>,
+    pub instance_id: Option<String>,
+    pub limit: i64,
+}
+
 /// An instance whose recorded intent has no job in flight, found by the drift sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingIntent {
@@ -134,6 +143,8 @@ async fn migrate_with_lock(pool: &AnyPool) -> StoreResult<()> {
     migrated?;
     Ok(())
 }
+const JOB_COLUMNS: &str =
+    "id, instance_id, action, seq, status, attempts, worker, error, created_at, updated_at";
 
 const INSTANCE_COLUMNS: &str = "id, name, image_id, flavour_id, security_groups, metadata, \
     boot_command, node, desired, action, action_at, action_seq, applied_seq, created_at, \
@@ -676,29 +687,48 @@ impl Database {
         instance_id: &str,
         limit: i64,
     ) -> StoreResult<Vec<JobRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, instance_id, action, seq, status, attempts, worker, error, created_at, \
-             updated_at FROM jobs WHERE instance_id = ? ORDER BY created_at DESC LIMIT ?",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE instance_id = ? ORDER BY created_at DESC LIMIT ?"
+        ))
         .bind(instance_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Returns the newest jobs that match `filter`, newest first.
+    // NOTE: no index covers `jobs.created_at` alone, so without an instance filter this reads
+    // the whole jobs table. Its cost grows with the job history, which nothing prunes yet.
+    pub async fn recent_jobs(&self, filter: &JobFilter) -> StoreResult<Vec<JobRecord>> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.instance_id.is_some() {
+            sql.push_str(" AND instance_id = ?");
+        }
+        sql.push_str(" ORDER BY created_at DESC LIMIT ?");
+
+        let mut query = sqlx::query(&sql);
+        if let Some(status) = &filter.status {
+            query = query.bind(status.clone());
+        }
+        if let Some(instance_id) = &filter.instance_id {
+            query = query.bind(instance_id.clone());
+        }
+        let rows = query.bind(filter.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Counts the jobs of each status, in alphabetical order of the status.
+    pub async fn count_jobs_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
+        let rows =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|row| {
-                Ok(JobRecord {
-                    id: row.try_get("id")?,
-                    instance_id: row.try_get("instance_id")?,
-                    action: row.try_get("action")?,
-                    seq: row.try_get("seq")?,
-                    status: row.try_get("status")?,
-                    attempts: row.try_get::<i64, _>("attempts")?,
-                    worker: optional_text(row, "worker")?,
-                    error: optional_text(row, "error")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                })
-            })
+            .map(|row| Ok((text(row, "status")?, row.try_get::<i64, _>("n")?)))
             .collect()
     }
 
@@ -760,6 +790,21 @@ async fn insert_job(
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+fn job_from_row(row: &AnyRow) -> StoreResult<JobRecord> {
+    Ok(JobRecord {
+        id: text(row, "id")?,
+        instance_id: text(row, "instance_id")?,
+        action: text(row, "action")?,
+        seq: row.try_get("seq")?,
+        status: text(row, "status")?,
+        attempts: row.try_get::<i64, _>("attempts")?,
+        worker: optional_text(row, "worker")?,
+        error: optional_text(row, "error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 /// Reads a text column. MariaDB's TEXT columns reach sqlx's `Any` driver as BLOB, so bytes

@@ -25,6 +25,8 @@ use visa_jobs::store::Database;
 pub mod visa;
 
 pub const TEST_TOKEN: &str = "test-token-0123456789abcdef";
+pub const OPERATOR_USER: &str = "operator";
+pub const OPERATOR_PASSWORD: &str = "operator-test-password";
 pub const STORAGE_CLASS: &str = "visa-local";
 
 /// Reads a variable that the test script sets; a missing one means the services are not up.
@@ -93,8 +95,12 @@ pub struct Stack {
     pub kubeconfig: PathBuf,
     /// Kubeconfig that the API and the workers use.
     pub provider_kubeconfig: PathBuf,
+    /// `http://127.0.0.1:PORT` of each worker's metrics listener, by worker index.
+    pub worker_metrics_urls: Vec<String>,
     api: Option<Child>,
     workers: Vec<Option<Child>>,
+    /// APIs started by `spawn_api` besides the stack's own.
+    extra_apis: Vec<Child>,
 }
 
 pub fn repository_root() -> PathBuf {
@@ -104,12 +110,16 @@ pub fn repository_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Returns Cargo's target folder: `CARGO_TARGET_DIR`, or `target` in the repository.
+pub fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repository_root().join("target"))
+}
+
 /// Returns the path of a binary of this workspace, which must be built already.
 pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repository_root().join("target"));
-    let path = target.join("debug").join(name);
+    let path = target_dir().join("debug").join(name);
     assert!(
         path.exists(),
         "{} not found: build it first with `cargo build --workspace --bins`",
@@ -174,6 +184,11 @@ impl Stack {
         });
         std::fs::write(&catalogue, text).unwrap();
         std::fs::write(dir.join("token"), format!("{TEST_TOKEN}\n")).unwrap();
+        std::fs::write(
+            dir.join("operator-password"),
+            format!("{OPERATOR_PASSWORD}\n"),
+        )
+        .unwrap();
 
         let port = free_port();
         let mut stack = Stack {
@@ -190,8 +205,10 @@ impl Stack {
             dir,
             kubeconfig: kubeconfig.clone(),
             provider_kubeconfig: provider_kubeconfig.clone(),
+            worker_metrics_urls: Vec::new(),
             api: None,
             workers: Vec::new(),
+            extra_apis: Vec::new(),
             options: options.clone(),
         };
 
@@ -205,12 +222,40 @@ impl Stack {
             .args(["--refresh-interval-ms", "200"])
             .args(&options.api_args);
         stack.api = Some(api.spawn().expect("failed to start visa-api"));
+        let api = stack.api_command(&kubeconfig, "api", port);
+        stack.api = Some(start_api_process(api));
         stack.wait_until_ready().await;
 
         for _ in 0..options.workers {
             stack.start_worker(&provider_kubeconfig);
         }
         stack
+    }
+
+    fn api_command(&self, kubeconfig: &Path, log: &str, port: u16) -> Command {
+        let mut api = self.command("visa-api", kubeconfig, log);
+        api.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--token-file", self.dir.join("token").to_str().unwrap()])
+            .args([
+                "--operator-password-file",
+                self.dir.join("operator-password").to_str().unwrap(),
+            ])
+            .args([
+                "--start-grace-seconds",
+                &self.options.start_grace_seconds.to_string(),
+            ])
+            .args(["--refresh-interval-ms", "200"]);
+        api
+    }
+
+    /// Starts another API on this stack's database and queue that talks to the cluster through
+    /// `kubeconfig`, without waiting for it to be ready, and returns its base URL. Its log is
+    /// `<dir>/<log>.log`.
+    pub fn spawn_api(&mut self, kubeconfig: &Path, log: &str) -> String {
+        let port = free_port();
+        let api = self.api_command(kubeconfig, log, port);
+        self.extra_apis.push(start_api_process(api));
+        format!("http://127.0.0.1:{port}")
     }
 
     /// Builds a command for the API or a worker with this stack's settings; logs go to
@@ -243,9 +288,11 @@ impl Stack {
     /// index for `kill_worker`.
     pub fn start_worker(&mut self, kubeconfig: &Path) -> usize {
         let index = self.workers.len();
+        let metrics_port = free_port();
         let mut worker = self.command("visa-worker", kubeconfig, &format!("worker-{index}"));
         worker
             .args(["--worker-name", &format!("{}-worker-{index}", self.queue)])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args([
                 "--lease-ttl-seconds",
                 &self.options.lease_ttl_seconds.to_string(),
@@ -263,6 +310,8 @@ impl Stack {
             .args(&self.options.worker_args);
         self.workers
             .push(Some(worker.spawn().expect("failed to start visa-worker")));
+        self.worker_metrics_urls
+            .push(format!("http://127.0.0.1:{metrics_port}"));
         index
     }
 
@@ -390,6 +439,16 @@ impl Stack {
         );
     }
 
+    /// Deletes this stack's namespace with everything in it, so that its pods stop taking the
+    /// KWOK nodes' CPU and memory from later tests.
+    pub async fn delete_namespace(&self) {
+        let namespaces: Api<Namespace> = Api::all(self.kube.clone());
+        namespaces
+            .delete(&self.namespace, &Default::default())
+            .await
+            .unwrap();
+    }
+
     /// Returns the number of jobs waiting in this stack's Redis queue.
     pub async fn queued_jobs(&self) -> i64 {
         let client = redis::Client::open(required_env("VISA_TEST_REDIS_URL")).unwrap();
@@ -403,6 +462,10 @@ impl Stack {
     }
 }
 
+fn start_api_process(mut command: Command) -> Child {
+    command.spawn().expect("failed to start visa-api")
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -410,7 +473,13 @@ fn tail(text: &str, lines: usize) -> String {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for child in self.workers.iter_mut().flatten().chain(self.api.iter_mut()) {
+        let children = self
+            .workers
+            .iter_mut()
+            .flatten()
+            .chain(self.api.iter_mut())
+            .chain(self.extra_apis.iter_mut());
+        for child in children {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -1,7 +1,7 @@
 //! The instance job: converge one instance's Kubernetes objects to its recorded intent.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -85,6 +85,7 @@ impl Converger {
     /// Runs one job under the instance's lease, so that no two workers act on an instance at
     /// once. A job that ends without its intent converged records a fault on the instance.
     pub async fn run(self: &Arc<Self>, job: &ConvergeInstance) -> Result<(), JobFailed> {
+        let started = Instant::now();
         let attempt = self
             .database
             .start_job(&job.job_id, &self.worker_name, now_millis())
@@ -97,7 +98,7 @@ impl Converger {
         let outcome = self.converge_with_retries(job).await;
         renewal.abort();
 
-        let result = self.finish(job, outcome).await;
+        let result = self.finish(job, outcome, started).await;
         if let Err(error) = self
             .database
             .release_lease(&job.instance_id, &self.worker_name)
@@ -209,8 +210,15 @@ impl Converger {
         &self,
         job: &ConvergeInstance,
         outcome: Result<i64, (i64, ConvergeError)>,
+        started: Instant,
     ) -> Result<(), JobFailed> {
         let now = now_millis();
+        let outcome_label = if outcome.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        crate::job_metrics::record_job(job.action, outcome_label, started.elapsed());
         match outcome {
             Ok(seq) => {
                 self.database

@@ -4,6 +4,7 @@
 //! operators run a sync now and read the last one.
 
 mod converge;
+mod job_metrics;
 mod ldap_commands;
 mod ldap_schedule;
 mod sweep;
@@ -79,6 +80,10 @@ struct Args {
     /// Seconds after which an unfinished intent is enqueued again by the sweep.
     #[arg(long, env = "VISA_SWEEP_STALE_SECONDS", default_value_t = 300)]
     sweep_stale_seconds: u64,
+
+    /// Address and port to serve Prometheus metrics on at /metrics; off when unset.
+    #[arg(long, env = "VISA_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 async fn handle(job: ConvergeInstance, converger: Data<Arc<Converger>>) -> Result<(), BoxDynError> {
@@ -122,6 +127,9 @@ async fn run_worker(args: Args) -> anyhow::Result<()> {
     let worker_name = args.worker_name.clone().unwrap_or_else(default_worker_name);
     let ldap = args.ldap.config()?;
     let nfs = args.nfs.nfs_settings()?;
+    if let Some(address) = &args.metrics_listen {
+        job_metrics::serve(address).await?;
+    }
 
     let (database, _) = args.common.open_database().await?;
     let client = kube_client().await?;
