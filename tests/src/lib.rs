@@ -12,6 +12,7 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -129,11 +130,20 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Tests of one binary run in parallel, so two of them asking the kernel for a free port
+    // could both get the same one before either listens. Ports are handed out from a counter
+    // instead, below Linux's ephemeral range (32768 and up) so no outgoing connection takes one.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let start = std::process::id() % COUNT;
+    loop {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+        let port = (FIRST + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn short_id() -> String {
@@ -212,17 +222,7 @@ impl Stack {
             options: options.clone(),
         };
 
-        let mut api = stack.command("visa-api", &provider_kubeconfig, "api");
-        api.args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--token-file", stack.dir.join("token").to_str().unwrap()])
-            .args([
-                "--start-grace-seconds",
-                &options.start_grace_seconds.to_string(),
-            ])
-            .args(["--refresh-interval-ms", "200"])
-            .args(&options.api_args);
-        stack.api = Some(api.spawn().expect("failed to start visa-api"));
-        let api = stack.api_command(&kubeconfig, "api", port);
+        let api = stack.api_command(&provider_kubeconfig, "api", port);
         stack.api = Some(start_api_process(api));
         stack.wait_until_ready().await;
 
@@ -244,7 +244,8 @@ impl Stack {
                 "--start-grace-seconds",
                 &self.options.start_grace_seconds.to_string(),
             ])
-            .args(["--refresh-interval-ms", "200"]);
+            .args(["--refresh-interval-ms", "200"])
+            .args(&self.options.api_args);
         api
     }
 

@@ -298,7 +298,7 @@ fn default_values_pass_server_dry_run() {
     let container = first_container(worker);
     assert_eq!(container["command"], serde_json::json!(["visa-worker"]));
     assert_eq!(mount_path(container, "catalogue"), "/etc/visa/catalogue");
-    assert!(env(container, "VISA_LDAP_BIND_PASSWORD_FILE").is_null());
+    assert!(env(container, "VISA_LDAP_PASSWORD_FILE").is_null());
     assert!(volume(worker, "ldap").is_null());
 
     let budget = find(&objects, "PodDisruptionBudget", &format!("{base}-api"));
@@ -346,12 +346,23 @@ fn default_values_pass_server_dry_run() {
     assert_eq!(
         rules(role),
         vec![
-            rule("", "pods", &["list", "watch"]),
+            rule(
+                "",
+                "configmaps",
+                &["create", "patch", "delete", "deletecollection"]
+            ),
+            rule("", "pods", &["get", "list", "watch", "delete"]),
+            rule("", "resourcequotas", &["list", "watch"]),
             rule("", "services", &["create", "patch", "delete"]),
             rule(
                 "apps",
                 "statefulsets",
                 &["get", "list", "watch", "create", "patch", "delete"]
+            ),
+            rule(
+                "networking.k8s.io",
+                "networkpolicies",
+                &["list", "create", "patch", "delete", "deletecollection"]
             ),
         ]
     );
@@ -481,10 +492,7 @@ fn full_values_pass_server_dry_run() {
         ("VISA_RETRY_BUDGET_SECONDS", "300"),
         ("VISA_SWEEP_INTERVAL_SECONDS", "60"),
         ("VISA_SWEEP_STALE_SECONDS", "600"),
-        (
-            "VISA_LDAP_BIND_PASSWORD_FILE",
-            "/etc/visa/ldap/bind-password",
-        ),
+        ("VISA_LDAP_PASSWORD_FILE", "/etc/visa/ldap/bind-password"),
     ];
     for (name, value) in expected_env {
         assert_eq!(
@@ -716,8 +724,6 @@ fn chart_variables_are_binary_options() {
         ],
     );
     let manifest = success_output(&output, "helm template of the Deployments");
-    // NOTE: no binary reads the LDAP bind password yet; the chart mounts it for the LDAP sync.
-    let not_read_yet = ["VISA_LDAP_BIND_PASSWORD_FILE"];
 
     for (deployment, binary_name) in [("api", "visa-api"), ("worker", "visa-worker")] {
         let help = std::process::Command::new(binary(binary_name))
@@ -736,9 +742,6 @@ fn chart_variables_are_binary_options() {
                 continue;
             };
             let name = format!("VISA_{name}");
-            if not_read_yet.contains(&name.as_str()) {
-                continue;
-            }
             checked += 1;
             assert!(
                 help.contains(&format!("[env: {name}="))
