@@ -6,6 +6,8 @@
 # Environment:
 #   VISA_TEST_STATE_DIR  where the services keep their state (default /tmp/visa-k8s-provider-test)
 #   VISA_K8S_CACHE       where the control plane binaries are cached (default ~/.cache/visa-k8s-provider)
+#   VISA_TEST_CLUSTER_NAME  kwokctl cluster name (default visa-test)
+#   VISA_TEST_REDIS_PORT, VISA_TEST_MARIADB_PORT, VISA_TEST_LDAP_PORT  service ports
 #   CARGO_TEST_ARGS      extra arguments for cargo test, for example "lifecycle"
 set -euo pipefail
 
@@ -14,7 +16,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 export VISA_STATE_DIR="${VISA_TEST_STATE_DIR:-/tmp/visa-k8s-provider-test}"
-export VISA_CLUSTER_NAME=visa-test
+export VISA_CLUSTER_NAME="${VISA_TEST_CLUSTER_NAME:-visa-test}"
 export VISA_REDIS_PORT="${VISA_TEST_REDIS_PORT:-6392}"
 export VISA_MARIADB_PORT="${VISA_TEST_MARIADB_PORT:-3309}"
 export VISA_LDAP_PORT="${VISA_TEST_LDAP_PORT:-3390}"
