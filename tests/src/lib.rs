@@ -212,17 +212,8 @@ impl Stack {
             options: options.clone(),
         };
 
-        let mut api = stack.command("visa-api", &provider_kubeconfig, "api");
-        api.args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--token-file", stack.dir.join("token").to_str().unwrap()])
-            .args([
-                "--start-grace-seconds",
-                &options.start_grace_seconds.to_string(),
-            ])
-            .args(["--refresh-interval-ms", "200"])
-            .args(&options.api_args);
-        stack.api = Some(api.spawn().expect("failed to start visa-api"));
-        let api = stack.api_command(&kubeconfig, "api", port);
+        let mut api = stack.api_command(&provider_kubeconfig, "api", port);
+        api.args(&options.api_args);
         stack.api = Some(start_api_process(api));
         stack.wait_until_ready().await;
 
