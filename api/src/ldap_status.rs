@@ -17,13 +17,13 @@ pub struct LdapSyncStatus {
 }
 
 impl LdapSyncStatus {
-    /// True when no sync run was ever recorded.
+    /// Returns true when no sync run was ever recorded.
     pub fn never_ran(&self) -> bool {
         self.running.is_none() && self.finished.is_none()
     }
 }
 
-/// Reads the sync status: two queries, or three while a run is in progress.
+/// Reads the sync status with two queries, or three while a run is in progress.
 pub async fn load(database: &Database) -> StoreResult<LdapSyncStatus> {
     let (running, finished) = match database.last_ldap_sync().await? {
         Some(run) if run.result == SyncResult::Running => {

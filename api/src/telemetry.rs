@@ -115,7 +115,7 @@ async fn set_ldap_sync_gauges(database: &Database) {
             let failures = LDAP_STATUS_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
             // One line for the first failure and then one per ten, so an outage does not flood.
             if failures == 1 || failures.is_multiple_of(10) {
-                warn!(%error, failures, "failed to read the LDAP sync status for /metrics; the LDAP gauges keep their previous values");
+                warn!(%error, failures, "failed to read the LDAP sync status for /metrics, so the LDAP gauges keep their previous values");
             }
             return;
         }
