@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops what scripts/run-local.sh started: the API, the worker, Redis and the control plane.
+# Stops what scripts/run-local.sh started: the API, the worker, Redis, slapd and the control
+# plane. slapd keeps its directory and password for the next start.
 # Stopping the control plane removes every instance, so the SQLite database goes too; the
 # token stays for the next start.
 set -euo pipefail
@@ -19,5 +20,6 @@ for name in visa-api visa-worker; do
 done
 
 bash tests/services/redis.sh stop
+bash tests/services/slapd.sh stop
 bash tests/cluster/stop.sh
 rm -f "$run_dir"/provider.db*

@@ -17,16 +17,19 @@ table { border-collapse: collapse; width: 100%; background: #fff; font-size: 0.8
 th, td { border: 1px solid #d5d9de; padding: 0.3em 0.5em; text-align: left; vertical-align: top; }
 th { background: #e9edf1; }
 .state { font-weight: bold; padding: 0.1em 0.4em; border-radius: 0.3em; }
-.state-ACTIVE { background: #c9f2d0; }
-.state-ERROR, .job-failed { background: #ffd1d1; }
+.state-ACTIVE, .sync-succeeded { background: #c9f2d0; }
+.state-ERROR, .job-failed, .sync-failed { background: #ffd1d1; }
 .state-STOPPED, .state-STOPPING { background: #e3e3e3; }
-.state-BUILDING, .state-STARTING, .state-REBOOTING, .job-running, .job-queued { background: #fff1b8; }
+.state-BUILDING, .state-STARTING, .state-REBOOTING, .job-running, .job-queued, .sync-running { background: #fff1b8; }
 .summary { display: flex; gap: 0.6em; flex-wrap: wrap; margin: 0.6em 0; }
 .summary a, .summary span { background: #fff; border: 1px solid #d5d9de; padding: 0.3em 0.6em; border-radius: 0.3em; }
 form { margin: 0.6em 0; }
 .muted { color: #6b7480; }
 .fault { color: #9b1c1c; }
 ul.jobs { margin: 0; padding-left: 1.1em; }
+.ldap-sync { background: #fff; border: 1px solid #d5d9de; padding: 0.2em 0.8em; margin-bottom: 0.8em; font-size: 0.9em; }
+.ldap-sync h3 { font-size: 1em; margin: 0.4em 0; }
+.ldap-sync p { margin: 0.3em 0; }
 ";
 
 /// Escapes text for HTML element content and quoted attribute values.

@@ -7,6 +7,7 @@ mod error;
 mod html;
 mod instances;
 mod job_board;
+mod ldap_status;
 mod operator_auth;
 mod overview;
 mod telemetry;

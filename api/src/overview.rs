@@ -1,6 +1,7 @@
-//! `/operator/instances`: every instance with its owner, state, fault, placement and last jobs,
-//! filtered by `state` and `owner` query parameters. Instances come from the API's in-memory
-//! view, so a page load makes no Kubernetes request. Only the last jobs come from the database.
+//! `/operator/instances`: the state of the LDAP sync, then every instance with its owner,
+//! state, fault, placement and last jobs, filtered by `state` and `owner` query parameters.
+//! Instances come from the API's in-memory view, so a page load makes no Kubernetes request.
+//! Only the LDAP sync runs and the last jobs come from the database.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -11,11 +12,12 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tracing::warn;
 
-use visa_jobs::model::{Instance, InstanceRecord, now_millis};
-use visa_jobs::store::{JobRecord, StoreError};
+use visa_jobs::model::{Instance, InstanceRecord, Millis, now_millis};
+use visa_jobs::store::{JobRecord, LdapSyncRun, StoreError, SyncResult};
 
 use crate::app::AppState;
 use crate::html::{encode_query_value, escape, format_age, format_time, page};
+use crate::ldap_status::{self, LdapSyncStatus, finished_at};
 
 /// Jobs shown per instance.
 const JOBS_PER_INSTANCE: i64 = 3;
@@ -68,8 +70,13 @@ pub async fn instances(
         })
         .collect();
     let rows = load_rows(&state, selected).await;
+    let ldap_sync = ldap_status::load(&state.database).await;
+    if let Err(error) = &ldap_sync {
+        warn!(%error, "failed to load the LDAP sync status for the overview");
+    }
 
     let mut body = String::new();
+    write_ldap_sync(&mut body, &ldap_sync, now_millis());
     write_summary(&mut body, &counts, &owner_filter);
     write_filter_form(&mut body, &state_filter, &owner_filter);
     write_table(&mut body, &rows);
@@ -100,6 +107,92 @@ async fn load_rows(state: &AppState, selected: Vec<(InstanceRecord, Instance)>) 
         warn!(%error, failures, "failed to load the instances' jobs for the overview");
     }
     rows
+}
+
+/// Writes the "LDAP sync" section: the last finished run with its result, counts and error,
+/// a run in progress, and the last success.
+fn write_ldap_sync(body: &mut String, status: &Result<LdapSyncStatus, StoreError>, now: Millis) {
+    body.push_str("<section class=\"ldap-sync\" id=\"ldap-sync\">\n<h3>LDAP sync</h3>\n");
+    let status = match status {
+        Ok(status) => status,
+        Err(_) => {
+            body.push_str(
+                "<p class=\"fault\">unavailable: the database did not answer</p>\n</section>\n",
+            );
+            return;
+        }
+    };
+    if status.never_ran() {
+        // The API does not read the workers' LDAP settings, so it cannot tell the two apart.
+        body.push_str(
+            "<p><span class=\"muted\">never ran</span>: no sync is recorded. Either it is not \
+             configured (workers sync only with VISA_LDAP_URL set) or no worker has started one \
+             yet.</p>\n</section>\n",
+        );
+        return;
+    }
+
+    if let Some(run) = &status.running {
+        let _ = writeln!(
+            body,
+            "<p><span class=\"sync-running\">running</span> since {started} ({age} ago), \
+             {origin}</p>",
+            started = format_time(run.started_at),
+            age = format_age(now - run.started_at),
+            origin = escape(&run.origin),
+        );
+    }
+    if let Some(run) = &status.finished {
+        write_finished_run(body, run, now);
+    }
+    let last_success = match &status.last_success {
+        Some(run) => format!(
+            "{} ({} ago)",
+            format_time(finished_at(run)),
+            format_age(now - finished_at(run))
+        ),
+        None => "<span class=\"fault\">never</span>".to_owned(),
+    };
+    let _ = writeln!(body, "<p>Last success: {last_success}</p>\n</section>");
+}
+
+fn write_finished_run(body: &mut String, run: &LdapSyncRun, now: Millis) {
+    let result = run.result.as_str();
+    let attempts = if run.attempts == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{} attempts", run.attempts)
+    };
+    let _ = writeln!(
+        body,
+        "<p>Last run: <span class=\"sync-{result}\">{result}</span> at {finished} \
+         ({age} ago), {origin}, {attempts}</p>",
+        finished = format_time(finished_at(run)),
+        age = format_age(now - finished_at(run)),
+        origin = escape(&run.origin),
+    );
+    if run.result == SyncResult::Succeeded {
+        let counts = &run.counts;
+        let _ = writeln!(
+            body,
+            "<p>Investigations: synced {}, added {}, changed {}, gone {}, skipped {} \
+             (entries {}, invalid paths dropped {})</p>",
+            counts.synced,
+            counts.added,
+            counts.changed,
+            counts.gone,
+            counts.skipped,
+            counts.entries,
+            counts.skipped_paths,
+        );
+    }
+    if let Some(error) = &run.error {
+        let _ = writeln!(
+            body,
+            "<p>Error: <span class=\"fault\">{}</span></p>",
+            escape(error)
+        );
+    }
 }
 
 fn write_summary(body: &mut String, counts: &BTreeMap<&'static str, usize>, owner: &str) {

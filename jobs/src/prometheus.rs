@@ -23,6 +23,16 @@ pub const CREATE_TO_READY: &str = "visa_instance_create_to_ready_seconds";
 pub const JOBS: &str = "visa_jobs_total";
 /// Job duration in seconds, from the worker taking the job until it recorded the outcome.
 pub const JOB_DURATION: &str = "visa_job_duration_seconds";
+/// Unix time in seconds when the last finished LDAP sync run ended.
+pub const LDAP_LAST_SYNC_TIMESTAMP: &str = "visa_ldap_last_sync_timestamp_seconds";
+/// 1 when the last finished LDAP sync run succeeded, 0 when it failed.
+pub const LDAP_LAST_SYNC_SUCCESS: &str = "visa_ldap_last_sync_success";
+/// Entries of the last finished LDAP sync run, labelled `count` (`synced`, `added`, `changed`,
+/// `gone`, `skipped`).
+pub const LDAP_LAST_SYNC_ENTRIES: &str = "visa_ldap_last_sync_entries";
+/// Unix time in seconds when the last successful LDAP sync run ended.
+pub const LDAP_LAST_SUCCESSFUL_SYNC_TIMESTAMP: &str =
+    "visa_ldap_last_successful_sync_timestamp_seconds";
 
 const HTTP_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -78,6 +88,24 @@ fn describe() {
         CREATE_TO_READY,
         Unit::Seconds,
         "Time from an instance's creation until it was first ACTIVE"
+    );
+    metrics::describe_gauge!(
+        LDAP_LAST_SYNC_TIMESTAMP,
+        Unit::Seconds,
+        "Unix time when the last finished LDAP sync of investigations ended"
+    );
+    metrics::describe_gauge!(
+        LDAP_LAST_SYNC_SUCCESS,
+        "1 when the last finished LDAP sync succeeded, 0 when it failed"
+    );
+    metrics::describe_gauge!(
+        LDAP_LAST_SYNC_ENTRIES,
+        "Investigations of the last finished LDAP sync by count: synced, added, changed, gone, skipped"
+    );
+    metrics::describe_gauge!(
+        LDAP_LAST_SUCCESSFUL_SYNC_TIMESTAMP,
+        Unit::Seconds,
+        "Unix time when the last successful LDAP sync of investigations ended"
     );
     metrics::describe_counter!(JOBS, "Finished instance jobs by action and outcome");
     metrics::describe_histogram!(

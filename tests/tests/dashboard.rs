@@ -1,7 +1,8 @@
 //! The operators' side: pages behind their own credentials, the instance overview and its
-//! filters, Prometheus metrics of the API and the workers, readiness, and the pages as headless
-//! Chromium renders them.
+//! filters, Prometheus metrics of the API and the workers, the LDAP sync's status in both,
+//! readiness, and the pages as headless Chromium renders them.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -9,13 +10,17 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use ldap3::{Ldap, LdapConnAsync, Scope, SearchEntry};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use visa_jobs::ldap::run_sync;
 use visa_jobs::objects::{MAIN_CONTAINER, pod_name};
+use visa_jobs::settings::LdapArgs;
+use visa_jobs::store::SyncResult;
 use visa_tests::{
     Backend, OPERATOR_PASSWORD, OPERATOR_USER, Stack, StackOptions, TEST_TOKEN, example_request,
-    short_id, target_dir,
+    required_env, short_id, target_dir,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -523,4 +528,258 @@ async fn pages_render_in_chromium() {
     }
 
     stack.delete_namespace().await;
+}
+
+const LDAP_ADMIN_DN: &str = "cn=admin,dc=visa,dc=test";
+
+/// Creates an organizational unit of its own under the shared slapd's suffix, with three
+/// investigations and one entry without a group id, and returns the sync settings for it,
+/// bound as the admin, with no retries.
+async fn sample_directory() -> (Ldap, String, LdapArgs) {
+    let url = required_env("VISA_TEST_LDAP_URL");
+    let password_file = PathBuf::from(required_env("VISA_TEST_LDAP_PASSWORD_FILE"));
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    let (connection, mut ldap) = LdapConnAsync::new(&url).await.unwrap();
+    ldap3::drive!(connection);
+    ldap.simple_bind(LDAP_ADMIN_DN, &password)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+
+    let name = format!("dashboard-{}", short_id());
+    let ou = format!("ou={name},dc=visa,dc=test");
+    let mut entries = vec![(
+        ou.clone(),
+        vec![
+            ("objectClass", HashSet::from(["organizationalUnit"])),
+            ("ou", HashSet::from([name.as_str()])),
+        ],
+    )];
+    for (proposal, group_id) in [
+        ("2025096612", "5001"),
+        ("2025097120", "5002"),
+        ("2025000101", "5003"),
+    ] {
+        entries.push((
+            format!("cn={proposal},{ou}"),
+            vec![
+                ("objectClass", HashSet::from(["posixGroup"])),
+                ("cn", HashSet::from([proposal])),
+                ("gidNumber", HashSet::from([group_id])),
+                ("description", HashSet::from(["/data/2025/sample"])),
+            ],
+        ));
+    }
+    // An investigation without a group id is skipped and counted.
+    entries.push((
+        format!("cn=2025000102,{ou}"),
+        vec![
+            ("objectClass", HashSet::from(["organizationalRole"])),
+            ("cn", HashSet::from(["2025000102"])),
+            ("description", HashSet::from(["/data/2025/no-group"])),
+        ],
+    ));
+    for (dn, attributes) in entries {
+        ldap.add(&dn, attributes)
+            .await
+            .unwrap()
+            .success()
+            .unwrap_or_else(|error| panic!("adding {dn} failed: {error}"));
+    }
+
+    let args = LdapArgs {
+        ldap_url: Some(url),
+        ldap_base_dn: Some(ou.clone()),
+        ldap_filter: "(|(objectClass=posixGroup)(objectClass=organizationalRole))".to_owned(),
+        ldap_identifier_attribute: "cn".to_owned(),
+        ldap_path_attribute: "description".to_owned(),
+        ldap_group_id_attribute: "gidNumber".to_owned(),
+        ldap_bind_dn: Some(LDAP_ADMIN_DN.to_owned()),
+        ldap_password_file: Some(password_file),
+        ldap_starttls: false,
+        ldap_ca_file: None,
+        ldap_timeout_seconds: 10,
+        ldap_page_size: 500,
+        ldap_sync_interval_seconds: 3600,
+        ldap_retry_budget_seconds: 0,
+    };
+    (ldap, ou, args)
+}
+
+/// Deletes the unit and every entry under it.
+async fn remove_directory(mut ldap: Ldap, ou: &str) {
+    let (entries, _) = ldap
+        .search(ou, Scope::OneLevel, "(objectClass=*)", vec!["1.1"])
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    for entry in entries {
+        let dn = SearchEntry::construct(entry).dn;
+        ldap.delete(&dn).await.unwrap().success().unwrap();
+    }
+    ldap.delete(ou).await.unwrap().success().unwrap();
+    let _ = ldap.unbind().await;
+}
+
+fn unix_seconds(millis: i64) -> f64 {
+    millis as f64 / 1000.0
+}
+
+#[tokio::test]
+async fn ldap_sync_shows_in_metrics_and_overview() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        ..StackOptions::default()
+    })
+    .await;
+
+    let before = scrape(&stack, &stack.url("/metrics")).await;
+    assert!(
+        !before.contains("visa_ldap_"),
+        "LDAP gauges before any sync:\n{before}"
+    );
+    let never = operator_page(&stack, "/operator/instances").await;
+    assert!(never.contains("<h3>LDAP sync</h3>"), "{never}");
+    assert!(never.contains("never ran"), "{never}");
+
+    let (ldap, ou, args) = sample_directory().await;
+    let config = args.config_with_password(None).unwrap().unwrap();
+    let good = run_sync(&config, &stack.database, "manual", None)
+        .await
+        .unwrap();
+    assert_eq!(good.result, SyncResult::Succeeded, "{:?}", good.error);
+    let good_finished = good.finished_at.unwrap();
+
+    let metrics = scrape(&stack, &stack.url("/metrics")).await;
+    let value = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        metric_value(text, name, labels)
+            .unwrap_or_else(|| panic!("no series {name} {labels:?} in:\n{text}"))
+    };
+    assert_eq!(value(&metrics, "visa_ldap_last_sync_success", &[]), 1.0);
+    for (count, expected) in [
+        ("synced", 3.0),
+        ("added", 3.0),
+        ("changed", 0.0),
+        ("gone", 0.0),
+        ("skipped", 1.0),
+    ] {
+        assert_eq!(
+            value(&metrics, "visa_ldap_last_sync_entries", &[("count", count)]),
+            expected,
+            "count {count}"
+        );
+    }
+    let finished = value(&metrics, "visa_ldap_last_sync_timestamp_seconds", &[]);
+    assert!(
+        (finished - unix_seconds(good_finished)).abs() < 0.002,
+        "{finished} is not the run's end {good_finished} ms"
+    );
+    let succeeded = value(
+        &metrics,
+        "visa_ldap_last_successful_sync_timestamp_seconds",
+        &[],
+    );
+    assert!(
+        (succeeded - unix_seconds(good_finished)).abs() < 0.002,
+        "{succeeded}"
+    );
+
+    let page = operator_page(&stack, "/operator/instances").await;
+    assert!(
+        page.contains("<span class=\"sync-succeeded\">succeeded</span>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("synced 3, added 3, changed 0, gone 0, skipped 1"),
+        "{page}"
+    );
+    assert!(!page.contains("never ran"), "{page}");
+
+    // A wrong password makes the next run fail. The stored investigations stay.
+    let dir = stack.dir.join("wrong-ldap-password");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong_password = "wrong-test-password-4b9d";
+    std::fs::write(dir.join("password"), format!("{wrong_password}\n")).unwrap();
+    let mut wrong_args = args.clone();
+    wrong_args.ldap_password_file = Some(dir.join("password"));
+    let wrong_config = wrong_args.config_with_password(None).unwrap().unwrap();
+    let failed = run_sync(&wrong_config, &stack.database, "manual", None)
+        .await
+        .unwrap();
+    assert_eq!(failed.result, SyncResult::Failed);
+    let failed_finished = failed.finished_at.unwrap();
+
+    let metrics = scrape(&stack, &stack.url("/metrics")).await;
+    assert_eq!(value(&metrics, "visa_ldap_last_sync_success", &[]), 0.0);
+    let finished = value(&metrics, "visa_ldap_last_sync_timestamp_seconds", &[]);
+    assert!(
+        (finished - unix_seconds(failed_finished)).abs() < 0.002,
+        "{finished} is not the failed run's end {failed_finished} ms"
+    );
+    let succeeded = value(
+        &metrics,
+        "visa_ldap_last_successful_sync_timestamp_seconds",
+        &[],
+    );
+    assert!(
+        (succeeded - unix_seconds(good_finished)).abs() < 0.002,
+        "the last success is still the first run: {succeeded}"
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "visa_ldap_last_sync_entries",
+            &[("count", "synced")]
+        ),
+        0.0,
+        "a failed run records no entries"
+    );
+    assert!(!metrics.contains(wrong_password), "{metrics}");
+
+    let page = operator_page(&stack, "/operator/instances").await;
+    assert!(
+        page.contains("<span class=\"sync-failed\">failed</span>"),
+        "{page}"
+    );
+    assert!(page.contains("invalidCredentials"), "{page}");
+    // The error quotes the bind DN, escaped.
+    assert!(
+        page.contains(&format!("bind as &quot;{LDAP_ADMIN_DN}&quot;")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("Last success: {}", format_utc(good_finished))),
+        "{page}"
+    );
+    assert!(!page.contains(wrong_password), "{page}");
+    let admin_password =
+        std::fs::read_to_string(required_env("VISA_TEST_LDAP_PASSWORD_FILE")).unwrap();
+    assert!(!page.contains(admin_password.trim()), "{page}");
+
+    // Without the runs table the scrape still succeeds with the last values, and the page
+    // says that the status is unavailable.
+    sqlx::query("DROP TABLE ldap_sync_runs")
+        .execute(stack.database.pool())
+        .await
+        .unwrap();
+    let metrics = scrape(&stack, &stack.url("/metrics")).await;
+    assert_eq!(value(&metrics, "visa_ldap_last_sync_success", &[]), 0.0);
+    let page = operator_page(&stack, "/operator/instances").await;
+    assert!(
+        page.contains("unavailable: the database did not answer"),
+        "{page}"
+    );
+
+    remove_directory(ldap, &ou).await;
+}
+
+/// Formats a time like the operator pages do: ISO-8601 in UTC, to the second.
+fn format_utc(millis: i64) -> String {
+    let text = visa_jobs::model::format_visa_time(millis);
+    match text.split_once('.') {
+        Some((seconds, _)) => format!("{seconds}Z"),
+        None => text,
+    }
 }

@@ -350,6 +350,17 @@ impl Database {
         row.as_ref().map(run_from_row).transpose()
     }
 
+    /// Returns the latest sync run that has finished, successfully or not.
+    pub async fn last_finished_ldap_sync(&self) -> StoreResult<Option<LdapSyncRun>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM ldap_sync_runs WHERE result <> 'running' \
+             ORDER BY started_at DESC, id DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
     /// Returns the latest sync run that succeeded.
     pub async fn last_successful_ldap_sync(&self) -> StoreResult<Option<LdapSyncRun>> {
         let row = sqlx::query(&format!(
