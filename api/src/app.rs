@@ -137,7 +137,7 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
-/// Compares without an early exit, so the time taken tells nothing about the token.
+/// Compares without an early exit, so the time taken reveals nothing about the token.
 fn constant_time_equal(given: &[u8], expected: &[u8]) -> bool {
     let mut difference = given.len() ^ expected.len();
     for (index, byte) in expected.iter().enumerate() {
@@ -146,8 +146,8 @@ fn constant_time_equal(given: &[u8], expected: &[u8]) -> bool {
     difference == 0
 }
 
-/// Answers 200 once the watches have listed and the records have loaded; until then a replica
-/// would answer VISA from an empty view, so it must not receive traffic.
+/// Returns 200 once the watches have listed and the records have loaded. Until then a replica
+/// would serve VISA from an empty view, so it must not receive traffic.
 async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     if state.view.ready() {
         (StatusCode::OK, Json(json!({ "ready": true })))

@@ -18,7 +18,7 @@ use visa_jobs::queue::{self, ConvergeInstance};
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// Longest instance name accepted; VISA's names are a prefix and a number.
+/// Maximum length of an instance name in bytes. VISA's names are a prefix and a number.
 const MAX_NAME_LENGTH: usize = 255;
 /// Largest total size of the metadata keys and values, in bytes.
 const MAX_METADATA_BYTES: usize = 256 * 1024;

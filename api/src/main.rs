@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, env = "VISA_MAX_RAM_MIB")]
     max_ram_mib: Option<i64>,
 
-    /// Answers 404 to migration requests, for clusters where instances must not move.
+    /// Returns 404 for migration requests, for clusters where instances must not move.
     #[arg(long, env = "VISA_DISABLE_MIGRATION")]
     disable_migration: bool,
 

@@ -65,7 +65,7 @@ pub struct ObjectSettings {
     /// IANA time zone given to instances in `TZ`.
     pub time_zone: String,
     pub image_pull_secrets: Vec<String>,
-    /// Where the user's volume is mounted in the main container.
+    /// Mount path of the user's volume in the main container.
     pub volume_mount_path: String,
     /// Numeric user id of the owner inside instances.
     pub owner_uid: i64,
@@ -430,7 +430,7 @@ pub fn service(
 }
 
 pub const CONFIG_VOLUME: &str = "visa-config";
-/// Where the instance's ConfigMap is mounted: the provisioning script, metadata and PAM key.
+/// Mount path of the instance's ConfigMap: the provisioning script, metadata and PAM key.
 pub const CONFIG_DIR: &str = "/etc/visa";
 /// The script run after the main container starts; see its header for what it does.
 pub const PROVISION_SCRIPT: &str = include_str!("../assets/provision.sh");
@@ -537,8 +537,8 @@ fn sidecar_container(sidecar: &Sidecar) -> Container {
     }
 }
 
-/// What the provisioning script grants, read from its files at every start, so a change here
-/// reaches the instance at its next start without restarting it now.
+/// Groups and sudo right that the provisioning script grants. The script reads them from its
+/// files at every start, so a change reaches the instance at its next start without a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Provisioning {
     /// Groups the owner joins, as (name, gid).

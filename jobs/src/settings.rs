@@ -54,7 +54,7 @@ pub struct CommonArgs {
     )]
     pub image_pull_secrets: Vec<String>,
 
-    /// Where the user's volume is mounted in the main container.
+    /// Mount path of the user's volume in the main container.
     #[arg(long, env = "VISA_VOLUME_MOUNT_PATH", default_value = "/home")]
     pub volume_mount_path: String,
 

@@ -493,8 +493,8 @@ impl Database {
         Ok(())
     }
 
-    /// Takes the instance's lease for `owner` until `now + ttl`, when no other owner holds a
-    /// lease that is still valid. Returns whether `owner` holds it now.
+    /// Takes the instance's lease for `owner` until `now + ttl`, unless another owner has a
+    /// lease that is still valid. Returns whether `owner` has the lease now.
     pub async fn acquire_lease(
         &self,
         id: &str,

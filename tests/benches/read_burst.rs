@@ -34,7 +34,12 @@ async fn main() {
 
     let stack = Stack::start(StackOptions {
         workers: 2,
-        api_args: vec!["--max-instances".into(), "100000".into(), "--max-cores".into(), "1000000".into()],
+        api_args: vec![
+            "--max-instances".into(),
+            "100000".into(),
+            "--max-cores".into(),
+            "1000000".into(),
+        ],
         ..StackOptions::default()
     })
     .await;
@@ -45,9 +50,14 @@ async fn main() {
     }
     let started = Instant::now();
     for id in &ids {
-        stack.wait_for_state(id, "ACTIVE", Duration::from_secs(600)).await;
+        stack
+            .wait_for_state(id, "ACTIVE", Duration::from_secs(600))
+            .await;
     }
-    println!("{instances} instances ACTIVE {:.1} s after the last create", started.elapsed().as_secs_f64());
+    println!(
+        "{instances} instances ACTIVE {:.1} s after the last create",
+        started.elapsed().as_secs_f64()
+    );
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)

@@ -29,14 +29,14 @@ pub struct Converger {
     pub worker_name: String,
     /// How long a worker's hold on an instance lasts without renewal.
     pub lease_ttl: Duration,
-    /// The longest a job keeps retrying transient failures before it records a fault.
+    /// Maximum time a job retries transient failures before it records a fault.
     pub retry_budget: Duration,
 }
 
-/// Why one pass of convergence failed.
+/// Failure of one pass of convergence.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvergeError {
-    /// The cluster or the database may answer on a later try: a time-out, a 5xx, a conflict.
+    /// The cluster or the database may succeed on a later try: a time-out, a 5xx, a conflict.
     #[error("{0}")]
     Transient(String),
     /// Trying again cannot help: the cluster rejected the objects, or the catalogue entry is gone.
