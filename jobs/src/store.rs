@@ -179,6 +179,12 @@ impl Database {
             .await?;
 
         if is_sqlite {
+            // Processes that start together on one new file would otherwise both apply the
+            // first migration, and one would fail on "table already exists".
+            let _lock = match sqlite_file(url) {
+                Some(path) => Some(lock_file(&path).await?),
+                None => None,
+            };
             MIGRATOR.run(&pool).await?;
         } else {
             migrate_with_lock(&pool).await?;
@@ -889,6 +895,39 @@ fn record_from_row(row: &AnyRow) -> StoreResult<InstanceRecord> {
         deleted_at: row.try_get("deleted_at")?,
         fault,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Returns the database file of an SQLite URL, or `None` for an in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(':')).then(|| std::path::PathBuf::from(path))
+}
+
+/// Takes an exclusive lock on `<database file>.migrate-lock`, released when the file is dropped.
+async fn lock_file(database: &std::path::Path) -> StoreResult<std::fs::File> {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".migrate-lock");
+    let path = std::path::PathBuf::from(name);
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|error| StoreError::MigrationLock(error.to_string()))?;
+    locked.map_err(|error| {
+        StoreError::MigrationLock(format!(
+            "failed to lock {}.migrate-lock: {error}",
+            database.display()
+        ))
     })
 }
 
