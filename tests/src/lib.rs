@@ -55,6 +55,8 @@ pub struct StackOptions {
     pub start_grace_seconds: u64,
     /// Extra options for the API, such as `--max-instances 1`.
     pub api_args: Vec<String>,
+    /// Redis of this stack, or the shared test Redis when `None`.
+    pub redis_url: Option<String>,
     /// Extra command-line options of every worker, for example the LDAP and NFS settings.
     pub worker_args: Vec<String>,
     /// Instances' namespace, which must exist. The stack creates a new one when `None`.
@@ -74,6 +76,7 @@ impl Default for StackOptions {
             retry_budget_seconds: 20,
             start_grace_seconds: 600,
             api_args: Vec::new(),
+            redis_url: None,
             worker_args: Vec::new(),
             namespace: None,
             provider_kubeconfig: None,
@@ -270,7 +273,7 @@ impl Stack {
             .env_remove("VISA_DATABASE_URL")
             .env_remove("VISA_LDAP_PASSWORD")
             .args(["--database-url", &self.database_url])
-            .args(["--redis-url", &required_env("VISA_TEST_REDIS_URL")])
+            .args(["--redis-url", &self.redis_url()])
             .args(["--queue", &self.queue])
             .args([
                 "--catalogue",
@@ -450,9 +453,24 @@ impl Stack {
             .unwrap();
     }
 
+    pub fn redis_url(&self) -> String {
+        self.options
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| required_env("VISA_TEST_REDIS_URL"))
+    }
+
+    /// Returns whether every worker started so far is still running.
+    pub fn workers_alive(&mut self) -> bool {
+        self.workers
+            .iter_mut()
+            .flatten()
+            .all(|worker| matches!(worker.try_wait(), Ok(None)))
+    }
+
     /// Returns the number of jobs waiting in this stack's Redis queue.
     pub async fn queued_jobs(&self) -> i64 {
-        let client = redis::Client::open(required_env("VISA_TEST_REDIS_URL")).unwrap();
+        let client = redis::Client::open(self.redis_url()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         let waiting: i64 = redis::cmd("LLEN")
             .arg(format!("{}:active", self.queue))

@@ -219,3 +219,84 @@ async fn unreachable_cluster_ends_in_error_then_recovers() {
     let instance = stack.wait_for_state(&id, "ACTIVE", WAIT).await;
     assert!(instance["fault"].is_null());
 }
+
+/// A Redis server of the test's own, so stopping it leaves the other tests alone.
+struct PrivateRedis {
+    port: u16,
+    process: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let process = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run the tests with scripts/test.sh");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private Redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateRedis { port, process }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test]
+async fn worker_survives_redis_outage() {
+    let redis = PrivateRedis::start(visa_tests::free_port());
+    let port = redis.port;
+    let mut stack = Stack::start(StackOptions {
+        redis_url: Some(redis.url()),
+        ..StackOptions::default()
+    })
+    .await;
+    let id = stack.create(&format!("VISA-INSTANCE-{}", short_id())).await;
+    stack.wait_for_state(&id, "ACTIVE", WAIT).await;
+
+    drop(redis);
+    // The intent is recorded while the queue is down; the drift sweep enqueues it later.
+    let response = stack
+        .post(&format!("/api/instances/{id}/shutdown"), None)
+        .await;
+    assert_eq!(response.status(), 202);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        stack.workers_alive(),
+        "a worker exited when Redis went away:\n{}",
+        stack.log("worker-0")
+    );
+
+    let _redis = PrivateRedis::start(port);
+    stack.wait_for_state(&id, "STOPPED", WAIT).await;
+    assert!(stack.workers_alive());
+    assert!(
+        stack.log("worker-0").contains("starting it again"),
+        "{}",
+        stack.log("worker-0")
+    );
+
+    // New jobs flow through the queue again, without waiting for the sweep.
+    let started = Instant::now();
+    stack
+        .post(&format!("/api/instances/{id}/start"), None)
+        .await;
+    stack.wait_for_state(&id, "ACTIVE", WAIT).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "start took {:?}",
+        started.elapsed()
+    );
+}

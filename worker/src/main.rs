@@ -172,15 +172,52 @@ async fn run_worker(args: Args) -> anyhow::Result<()> {
     ));
 
     info!(worker = %worker_name, concurrency = args.concurrency, namespace = %args.common.namespace, "worker started");
-    let worker = WorkerBuilder::new(worker_name.as_str())
-        .backend(storage)
-        .data(converger)
-        .concurrency(args.concurrency.max(1))
-        .build(handle);
-    worker
-        .run_until(shutdown_signal())
-        .await
-        .map_err(|error| anyhow::anyhow!("worker stopped with an error: {error}"))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if shutdown_signal().await.is_ok() {
+            let _ = stop.send(true);
+        }
+    });
+
+    // A lost Redis connection ends apalis's worker with an error. The worker is built again
+    // after a backoff, under a new name, so that the jobs the old one held go back to the queue
+    // once its heartbeats expire, and the process never stops converging.
+    let mut delay = Duration::from_secs(1);
+    for run in 0u64.. {
+        let name = if run == 0 {
+            worker_name.clone()
+        } else {
+            format!("{worker_name}-r{run}")
+        };
+        let worker = WorkerBuilder::new(name.as_str())
+            .backend(storage.clone())
+            .data(Arc::clone(&converger))
+            .concurrency(args.concurrency.max(1))
+            .build(handle);
+        let mut until = stopped.clone();
+        let signal = async move {
+            let _ = until.wait_for(|stopped| *stopped).await;
+            Ok::<(), std::io::Error>(())
+        };
+        let started = tokio::time::Instant::now();
+        let error = match worker.run_until(signal).await {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        if *stopped.borrow() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            delay = Duration::from_secs(1);
+        }
+        warn!(worker = %name, %error, retry_in_s = delay.as_secs(), "worker lost its queue; starting it again");
+        let mut until = stopped.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = until.wait_for(|stopped| *stopped) => break,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
     info!(worker = %worker_name, "worker stopped");
     Ok(())
 }
