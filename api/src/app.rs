@@ -32,6 +32,8 @@ pub struct AppState {
     pub quota: QuotaSettings,
     /// False turns `POST /api/instances/{id}/migrate` into a 404.
     pub migration_enabled: bool,
+    /// Held while a create checks names and quota and records the instance.
+    pub create_lock: Arc<tokio::sync::Mutex<()>>,
     /// Credentials of the operator pages; `None` disables them.
     pub operator: Option<Arc<OperatorCredentials>>,
     pub metrics: PrometheusHandle,

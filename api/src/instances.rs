@@ -94,6 +94,11 @@ pub async fn create(
     let Json(request) = body?;
     validate(&state, &request)?;
 
+    // Creates in this replica run one at a time, so parallel repeats of one request see each
+    // other and the quota counts each new instance. Across replicas, the unique live name in the
+    // database stops a second instance of one name.
+    let _serial = state.create_lock.lock().await;
+
     // Another API replica may have recorded it, so the database is asked when the view has none.
     let existing = match state.view.live_by_name(&request.name) {
         Some(record) => Some(record),
@@ -130,7 +135,20 @@ pub async fn create(
         updated_at: now,
     };
     let job_id = Uuid::new_v4().to_string();
-    state.database.insert_instance(&record, &job_id).await?;
+    match state.database.insert_instance(&record, &job_id).await {
+        Ok(()) => {}
+        Err(error) if error.is_unique_violation() => {
+            if let Some(existing) = state.database.find_live_by_name(&record.name).await? {
+                info!(instance = %existing.id, name = %record.name, "another replica created the instance first");
+                return Ok((StatusCode::CREATED, Json(json!({ "id": existing.id }))));
+            }
+            warn!(instance = %id, name = %record.name, "instance id taken by a concurrent create");
+            return Err(ApiError::Conflict(format!(
+                "instance id {id} was taken by a concurrent create; send the request again"
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    }
     state.view.put(record.clone());
     info!(instance = %id, job = %job_id, name = %record.name, "instance recorded");
 

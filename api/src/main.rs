@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             max_ram_mib: args.max_ram_mib,
         },
         migration_enabled: !args.disable_migration,
+        create_lock: Arc::new(tokio::sync::Mutex::new(())),
         operator,
         metrics,
     };

@@ -36,6 +36,14 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// Returns whether a unique key rejected the write, as when two requests race to create the
+    /// same instance.
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(error)) if error.is_unique_violation())
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Seconds a starting process waits for another process to finish migrating a MariaDB database.
@@ -284,9 +292,9 @@ impl Database {
             "INSERT INTO instances (id, name, image_id, flavour_id, security_groups, metadata, \
              boot_command, desired, action, action_at, action_seq, applied_seq, enqueued_at, \
              created_at, first_ready_at, deleted_at, fault_message, fault_details, fault_at, \
-             lease_owner, lease_until, updated_at) \
+             lease_owner, lease_until, updated_at, live_name) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, \
-             NULL, NULL, ?)",
+             NULL, NULL, ?, ?)",
         )
         .bind(&record.id)
         .bind(&record.name)
@@ -303,6 +311,7 @@ impl Database {
         .bind(record.action_at)
         .bind(record.created_at)
         .bind(record.updated_at)
+        .bind(&record.name)
         .execute(&mut *transaction)
         .await?;
         insert_job(
@@ -362,7 +371,8 @@ impl Database {
         let updated = sqlx::query(
             "UPDATE instances SET desired = ?, action = ?, action_at = ?, \
              action_seq = action_seq + 1, enqueued_at = ?, fault_message = NULL, \
-             fault_details = NULL, fault_at = NULL, updated_at = ? \
+             fault_details = NULL, fault_at = NULL, updated_at = ?, \
+             live_name = CASE WHEN ? = 'deleted' THEN NULL ELSE live_name END \
              WHERE id = ? AND deleted_at IS NULL AND desired <> 'deleted'",
         )
         .bind(action.desired_state().as_str())
@@ -370,6 +380,7 @@ impl Database {
         .bind(now)
         .bind(now)
         .bind(now)
+        .bind(action.desired_state().as_str())
         .bind(id)
         .execute(&mut *transaction)
         .await?;

@@ -538,3 +538,86 @@ async fn catalogue_answers_parse_strictly() {
     assert!(instance.name.starts_with("VISA-INSTANCE-"));
     assert!(instance.address.is_none());
 }
+
+#[tokio::test]
+async fn parallel_creates_make_one_instance() {
+    let mut stack = Stack::start(StackOptions::default()).await;
+    let kubeconfig = stack.kubeconfig.clone();
+    let second = stack.spawn_api(&kubeconfig, "api-2");
+    let deadline = Instant::now() + WAIT;
+    while !stack
+        .http
+        .get(format!("{second}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "second API not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // VISA retries a create after a time-out; ten copies reach two API replicas at once.
+    let name = format!("VISA-INSTANCE-{}", short_id());
+    let request = example_request(&name);
+    let mut creates = Vec::new();
+    for index in 0..10 {
+        let base = if index % 2 == 0 {
+            stack.base_url.clone()
+        } else {
+            second.clone()
+        };
+        let http = stack.http.clone();
+        let request = request.clone();
+        creates.push(tokio::spawn(async move {
+            let response = http
+                .post(format!("{base}/api/instances"))
+                .header("X-Auth-Token", visa_tests::TEST_TOKEN)
+                .json(&request)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for create in creates {
+        let (status, body) = create.await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        ids.insert(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one id for one name: {ids:?}");
+    assert_eq!(stack.database.count_rows("instances").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn parallel_creates_respect_quota() {
+    let stack = Stack::start(StackOptions {
+        api_args: vec!["--max-instances".into(), "2".into()],
+        ..StackOptions::default()
+    })
+    .await;
+    let mut creates = Vec::new();
+    for _ in 0..6 {
+        let http = stack.http.clone();
+        let url = stack.url("/api/instances");
+        let request = example_request(&format!("VISA-INSTANCE-{}", short_id()));
+        creates.push(tokio::spawn(async move {
+            http.post(url)
+                .header("X-Auth-Token", visa_tests::TEST_TOKEN)
+                .json(&request)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for create in creates {
+        statuses.push(create.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [201, 201, 403, 403, 403, 403]);
+    assert_eq!(stack.database.count_rows("instances").await.unwrap(), 2);
+}
