@@ -86,6 +86,11 @@ pub fn router(state: AppState) -> Router {
             get(capacity::hypervisor_allocations),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed(
+                "method not allowed on this path: see /openapi.json".to_owned(),
+            )
+        })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
 
     let operator = Router::new()

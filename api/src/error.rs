@@ -21,6 +21,9 @@ pub enum ApiError {
     /// 404: for an instance, VISA reads it as "deleted".
     #[error("{0}")]
     NotFound(String),
+    /// 405: the path exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: the instance is in a state where the action makes no sense, such as being deleted.
     #[error("{0}")]
     Conflict(String),
@@ -69,6 +72,7 @@ impl IntoResponse for ApiError {
             Self::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
             Self::NotFound(message) => (StatusCode::NOT_FOUND, message.clone()),
             Self::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
+            Self::MethodNotAllowed(message) => (StatusCode::METHOD_NOT_ALLOWED, message.clone()),
             Self::Unavailable(cause) => {
                 error!(%cause, "request failed: backend unavailable");
                 (

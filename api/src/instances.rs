@@ -20,8 +20,14 @@ use crate::error::ApiError;
 
 /// Maximum length of an instance name in bytes. VISA's names are a prefix and a number.
 const MAX_NAME_LENGTH: usize = 255;
-/// Largest total size of the metadata keys and values, in bytes.
-const MAX_METADATA_BYTES: usize = 256 * 1024;
+/// Largest total size of the metadata keys and values, in bytes. Metadata lands in the
+/// StatefulSet (as environment variables) and in a ConfigMap, and etcd refuses objects of more
+/// than about 1.5 MiB, so the limit keeps both far below that.
+const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Largest number of metadata entries; each one becomes an environment variable.
+const MAX_METADATA_ENTRIES: usize = 200;
+/// Largest boot command, in bytes; it is stored in the instance's ConfigMap.
+const MAX_BOOT_COMMAND_BYTES: usize = 256 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -523,6 +529,18 @@ fn validate(state: &AppState, request: &CreateInstance) -> Result<(), ApiError> 
         .iter()
         .map(|(key, value)| key.len() + value.len())
         .sum();
+    let boot_command_bytes = request.boot_command.as_ref().map_or(0, String::len);
+    if boot_command_bytes > MAX_BOOT_COMMAND_BYTES {
+        return Err(ApiError::unprocessable(format!(
+            "bootCommand is {boot_command_bytes} bytes: send at most {MAX_BOOT_COMMAND_BYTES}"
+        )));
+    }
+    if request.metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(ApiError::unprocessable(format!(
+            "metadata has {} entries: send at most {MAX_METADATA_ENTRIES}",
+            request.metadata.len()
+        )));
+    }
     if metadata_bytes > MAX_METADATA_BYTES {
         return Err(ApiError::unprocessable(format!(
             "metadata is {metadata_bytes} bytes: send at most {MAX_METADATA_BYTES}"

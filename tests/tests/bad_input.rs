@@ -96,6 +96,39 @@ async fn bad_create_requests_leave_nothing() {
         .unwrap();
     assert_eq!(response.status(), 415, "body without a JSON content type");
 
+    // Each entry becomes an environment variable and the boot command a ConfigMap entry, so
+    // both are bounded well below what etcd stores.
+    let mut many = example_request("VISA-8");
+    for index in 0..201 {
+        many["metadata"][format!("attribute{index}")] = json!("x");
+    }
+    let (status, body) = create_raw(&stack, &many.to_string()).await;
+    assert_eq!(status, 422);
+    assert!(error_text(&body).contains("send at most 200"), "{body}");
+
+    let mut large = example_request("VISA-9");
+    large["metadata"]["notes"] = json!("x".repeat(70 * 1024));
+    let (status, body) = create_raw(&stack, &large.to_string()).await;
+    assert_eq!(status, 422);
+    assert!(error_text(&body).contains("send at most 65536"), "{body}");
+
+    let mut boot = example_request("VISA-10");
+    boot["bootCommand"] = json!("#".repeat(300 * 1024));
+    let (status, body) = create_raw(&stack, &boot.to_string()).await;
+    assert_eq!(status, 422);
+    assert!(error_text(&body).contains("bootCommand"), "{body}");
+
+    let response = stack
+        .http
+        .put(stack.url("/api/instances"))
+        .header("X-Auth-Token", TEST_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert!(error_text(&body).contains("method not allowed"), "{body}");
+
     assert_nothing_left(&stack).await;
 }
 

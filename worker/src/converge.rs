@@ -52,6 +52,16 @@ pub struct JobFailed(pub String);
 impl From<kube::Error> for ConvergeError {
     fn from(error: kube::Error) -> Self {
         match &error {
+            // etcd answers an object over its size limit with a 500 that no retry can change.
+            kube::Error::Api(status) if status.message.contains("request is too large") => {
+                Self::Permanent {
+                    message: format!(
+                        "Kubernetes rejected the instance's objects: {}",
+                        status.message
+                    ),
+                    details: "RequestTooLarge".to_owned(),
+                }
+            }
             kube::Error::Api(status) if is_transient_status(status.code) => Self::Transient(
                 format!("Kubernetes API error {}: {}", status.code, status.message),
             ),
