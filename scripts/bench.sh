@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks against the same private services as the tests, and stops them again.
-# docs/benchmarks.md says what each one measures and records results.
+# docs/benchmarks.md describes what each one measures and records results.
 #
 # Environment: as scripts/test.sh, plus VISA_BENCH_INSTANCES, VISA_BENCH_READS and
 # VISA_BENCH_CONCURRENCY for the read burst.

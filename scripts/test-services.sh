@@ -30,7 +30,7 @@ export VISA_TEST_BIN_DIR
 echo "== starting the control plane, Redis, MariaDB and slapd in $VISA_STATE_DIR"
 VISA_TEST_KUBECONFIG=$(bash tests/cluster/start.sh | tail -n 1)
 VISA_TEST_REDIS_URL=$(bash tests/services/redis.sh start | tail -n 1)
-# The URL holds the MariaDB password, so it is never printed.
+# The URL contains the MariaDB password, so it is never printed.
 VISA_TEST_MARIADB_URL=$(bash tests/services/mariadb.sh start | tail -n 1)
 VISA_TEST_LDAP_URL=$(bash tests/services/slapd.sh start | tail -n 1)
 # slapd.sh keeps the admin password (bind DN cn=admin,dc=visa,dc=test) in this file.

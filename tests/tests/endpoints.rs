@@ -75,7 +75,7 @@ async fn security_groups_change_network_policies() {
     let instance_pod = pod(&stack, &id).await;
     let pod_uid = instance_pod.metadata.uid.clone();
 
-    // The example request holds DEFAULT, INSTANCE_SUDOERS and PVC_PERSISTENCE.
+    // The example request contains DEFAULT, INSTANCE_SUDOERS and PVC_PERSISTENCE.
     let found = wait_for_policies(&stack, &id, 4).await;
     assert!(found.iter().all(|policy| selects(policy, &instance_pod)));
     let names: Vec<String> = found

@@ -23,7 +23,7 @@ fn kubeconfig_with_server(stack: &Stack, server: &str) -> PathBuf {
     path
 }
 
-/// Accepts connections and never answers, like an API server that hangs.
+/// Accepts connections and never responds, like an API server that hangs.
 async fn silent_server() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -27,7 +27,7 @@ fn repository() -> PathBuf {
         .to_path_buf()
 }
 
-/// The example catalogue with an image and a flavour that use every pod feature.
+/// Returns the example catalogue plus an image and a flavour that use every pod feature.
 fn full_catalogue() -> String {
     let example =
         std::fs::read_to_string(repository().join("config/catalogue.example.yaml")).unwrap();
