@@ -57,10 +57,19 @@ pub async fn connect(
     Ok(RedisStorage::new(connection).with_config(config))
 }
 
-/// Adds a job to the queue.
+/// Longest wait for Redis to take a job. The intent is already in the database, so a request
+/// that waits longer only delays VISA: the drift sweep enqueues the intent later.
+pub const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Adds a job to the queue, failing after `ENQUEUE_TIMEOUT`.
 pub async fn enqueue(storage: &mut InstanceStorage, job: ConvergeInstance) -> anyhow::Result<()> {
-    storage
-        .push(job)
-        .await
-        .map_err(|error| anyhow::anyhow!("failed to enqueue the instance job: {error}"))
+    match tokio::time::timeout(ENQUEUE_TIMEOUT, storage.push(job)).await {
+        Ok(result) => {
+            result.map_err(|error| anyhow::anyhow!("failed to enqueue the instance job: {error}"))
+        }
+        Err(_) => Err(anyhow::anyhow!(
+            "timed out after {} s enqueueing the instance job",
+            ENQUEUE_TIMEOUT.as_secs()
+        )),
+    }
 }

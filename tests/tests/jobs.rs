@@ -267,11 +267,18 @@ async fn worker_survives_redis_outage() {
     stack.wait_for_state(&id, "ACTIVE", WAIT).await;
 
     drop(redis);
-    // The intent is recorded while the queue is down; the drift sweep enqueues it later.
+    // The intent is recorded while the queue is down, and the drift sweep enqueues it later.
+    // The answer must still come well within VISA's 30 s time-out.
+    let sent = Instant::now();
     let response = stack
         .post(&format!("/api/instances/{id}/shutdown"), None)
         .await;
     assert_eq!(response.status(), 202);
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        sent.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
         stack.workers_alive(),
