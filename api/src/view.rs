@@ -138,7 +138,7 @@ impl View {
         self.pods.state()
     }
 
-    /// Stores a record written by this process, so the next read sees it without a refresh.
+    /// Stores a record written by this process, so the next read finds it without a refresh.
     pub fn put(&self, record: InstanceRecord) {
         let mut records = self.records.write().expect("view lock poisoned");
         merge(&mut records, record);

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::catalogue::{Flavour, Image, SecurityGroup, Sidecar};
+use crate::catalogue::{Flavour, Image, ImagePort, SecurityGroup, Sidecar};
 use crate::model::{InstanceRecord, format_visa_time};
 
 pub const MAIN_CONTAINER: &str = "visa-instance-container";
@@ -230,16 +230,7 @@ pub fn stateful_set(
 
     let env = instance_env(record, image, settings);
 
-    let ports = image
-        .ports
-        .iter()
-        .map(|port| ContainerPort {
-            name: Some(port.name.clone()),
-            container_port: port.port,
-            protocol: Some(port.protocol.clone()),
-            ..ContainerPort::default()
-        })
-        .collect::<Vec<_>>();
+    let ports = container_ports(&image.ports);
 
     let mut volume_mounts = vec![VolumeMount {
         name: DATA_VOLUME.to_owned(),
@@ -506,9 +497,8 @@ fn instance_env(record: &InstanceRecord, image: &Image, settings: &ObjectSetting
     env
 }
 
-fn sidecar_container(sidecar: &Sidecar) -> Container {
-    let ports = sidecar
-        .ports
+fn container_ports(ports: &[ImagePort]) -> Vec<ContainerPort> {
+    ports
         .iter()
         .map(|port| ContainerPort {
             name: Some(port.name.clone()),
@@ -516,7 +506,11 @@ fn sidecar_container(sidecar: &Sidecar) -> Container {
             protocol: Some(port.protocol.clone()),
             ..ContainerPort::default()
         })
-        .collect::<Vec<_>>();
+        .collect()
+}
+
+fn sidecar_container(sidecar: &Sidecar) -> Container {
+    let ports = container_ports(&sidecar.ports);
     Container {
         name: sidecar.name.clone(),
         image: Some(sidecar.container_image.clone()),

@@ -16,7 +16,7 @@ const BENIGN_WAITING_REASONS: [&str; 3] = ["ContainerCreating", "PodInitializing
 /// `code` of the faults this provider reports; VISA shows it but takes no decision on it.
 pub const FAULT_CODE: i64 = -1;
 
-/// What VISA is told about an instance.
+/// State, address and fault of an instance, as VISA receives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     /// `None` when the instance's deletion has finished and the API answers 404.

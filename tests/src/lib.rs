@@ -578,3 +578,28 @@ pub async fn create_mariadb_database(id: &str) -> String {
         .expect("MariaDB URL ends with /DATABASE");
     format!("{base}/{name}")
 }
+
+/// Writes a copy of the admin kubeconfig whose API server is `server`.
+pub fn kubeconfig_with_server(stack: &Stack, server: &str) -> PathBuf {
+    let mut config = kube::config::Kubeconfig::read_from(&stack.kubeconfig).unwrap();
+    for cluster in &mut config.clusters {
+        cluster.cluster.as_mut().unwrap().server = Some(server.to_owned());
+    }
+    let path = stack.dir.join(format!("kubeconfig-{}", short_id()));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// Starts a server that accepts connections and never responds, like an API server that hangs,
+/// and returns its URL.
+pub async fn silent_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut open_connections = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            open_connections.push(connection);
+        }
+    });
+    format!("https://{address}")
+}

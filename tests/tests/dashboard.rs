@@ -12,7 +12,6 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use ldap3::{Ldap, LdapConnAsync, Scope, SearchEntry};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use visa_jobs::ldap::run_sync;
 use visa_jobs::objects::{MAIN_CONTAINER, pod_name};
@@ -20,7 +19,7 @@ use visa_jobs::settings::LdapArgs;
 use visa_jobs::store::SyncResult;
 use visa_tests::{
     Backend, OPERATOR_PASSWORD, OPERATOR_USER, Stack, StackOptions, TEST_TOKEN, example_request,
-    required_env, short_id, target_dir,
+    kubeconfig_with_server, required_env, short_id, silent_server, target_dir,
 };
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -358,30 +357,6 @@ async fn metrics_after_create_to_active() {
     );
 
     stack.delete_namespace().await;
-}
-
-/// Writes a copy of the admin kubeconfig whose API server is `server`.
-fn kubeconfig_with_server(stack: &Stack, server: &str) -> PathBuf {
-    let mut config = kube::config::Kubeconfig::read_from(&stack.kubeconfig).unwrap();
-    for cluster in &mut config.clusters {
-        cluster.cluster.as_mut().unwrap().server = Some(server.to_owned());
-    }
-    let path = stack.dir.join(format!("kubeconfig-{}", short_id()));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
-}
-
-/// Accepts connections and never responds, like an API server that hangs.
-async fn silent_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut open_connections = Vec::new();
-        while let Ok((connection, _)) = listener.accept().await {
-            open_connections.push(connection);
-        }
-    });
-    format!("https://{address}")
 }
 
 #[tokio::test]

@@ -1,40 +1,15 @@
 //! Jobs end visible and lose nothing: a worker killed mid-job, a later intent racing an earlier
 //! one, a cluster that rejects the objects and a cluster that cannot be reached.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::Api;
-use tokio::net::TcpListener;
 
-use visa_tests::{Stack, StackOptions, short_id};
+use visa_tests::{Stack, StackOptions, kubeconfig_with_server, short_id, silent_server};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// Writes a copy of the admin kubeconfig whose API server is `server`.
-fn kubeconfig_with_server(stack: &Stack, server: &str) -> PathBuf {
-    let mut config = kube::config::Kubeconfig::read_from(&stack.kubeconfig).unwrap();
-    for cluster in &mut config.clusters {
-        cluster.cluster.as_mut().unwrap().server = Some(server.to_owned());
-    }
-    let path = stack.dir.join(format!("kubeconfig-{}", short_id()));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
-}
-
-/// Accepts connections and never responds, like an API server that hangs.
-async fn silent_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((connection, _)) = listener.accept().await {
-            held.push(connection);
-        }
-    });
-    format!("https://{address}")
-}
 
 /// Returns an address where nothing listens, so connections are refused at once.
 fn closed_server() -> String {
