@@ -148,6 +148,30 @@ pub fn label_value(text: &str) -> String {
         .to_owned()
 }
 
+/// Returns 32 bits of the FNV-1a hash of `text`, to keep apart names that a mapping made equal.
+fn short_hash(text: &str) -> u32 {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as u32
+}
+
+/// Makes a label value like `label_value`, and appends a hash of the exact text when the mapping
+/// changed it, so that owners such as `jdoe.` and `_jdoe` never share a label value.
+pub fn distinct_label_value(text: &str) -> String {
+    let value = label_value(text);
+    if value == text {
+        return value;
+    }
+    let base: String = value.chars().take(54).collect();
+    let base = base.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if base.is_empty() {
+        format!("h{:08x}", short_hash(text))
+    } else {
+        format!("{base}-{:08x}", short_hash(text))
+    }
+}
+
 pub fn service_name(id: &str) -> String {
     format!("{id}-svc")
 }
@@ -173,7 +197,7 @@ fn selector_labels(record: &InstanceRecord) -> BTreeMap<String, String> {
 fn instance_labels(record: &InstanceRecord, settings: &ObjectSettings) -> BTreeMap<String, String> {
     let mut labels = selector_labels(record);
     let mut add = |key: &str, value: &str| {
-        let value = label_value(value);
+        let value = distinct_label_value(value);
         if !value.is_empty() {
             labels.insert(key.to_owned(), value);
         }
@@ -611,10 +635,11 @@ pub fn group_policy_name(id: &str, group: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .take(40)
         .collect();
-    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("{id}-sg-{}-{:08x}", slug.trim_matches('-'), hash as u32)
+    format!(
+        "{id}-sg-{}-{:08x}",
+        slug.trim_matches('-'),
+        short_hash(group)
+    )
 }
 
 /// Builds the instance's NetworkPolicies: one that denies all ingress, and one per security group
@@ -876,12 +901,32 @@ mod tests {
             0,
         );
         let labels = set.metadata.labels.unwrap();
-        assert_eq!(labels[LABEL_OWNER], "o_brien__rm_-rf");
+        assert_eq!(
+            labels[LABEL_OWNER],
+            format!("o_brien__rm_-rf-{:08x}", short_hash("o'brien; rm -rf /"))
+        );
         assert_eq!(labels[LABEL_NAME], "VISA_INSTANCE-1042");
         assert_eq!(labels[LABEL_INSTANCE_ID], "visa-instance-1042");
         for value in labels.values() {
             assert!(value.len() <= 63, "{value}");
         }
+    }
+
+    #[test]
+    fn distinct_label_values_stay_apart() {
+        assert_eq!(distinct_label_value("jdoe"), "jdoe");
+        let values = ["jdoe.", "_jdoe", "jdoe-", "jdoe"].map(distinct_label_value);
+        for (index, value) in values.iter().enumerate() {
+            assert!(value.len() <= 63, "{value}");
+            assert!(
+                value.starts_with(|c: char| c.is_ascii_alphanumeric()),
+                "{value}"
+            );
+            assert!(!values[index + 1..].contains(value), "{values:?}");
+        }
+        assert_eq!(distinct_label_value("$()").len(), 9);
+        assert_eq!(distinct_label_value(&"é".repeat(100)).len(), 9);
+        assert!(distinct_label_value(&format!("{}!", "a".repeat(100))).len() <= 63);
     }
 
     #[test]
