@@ -119,7 +119,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
-/// The OpenAPI document of `/api`, kept true by a test that checks real answers against it.
+/// The OpenAPI document of `/api`, kept true by a test that checks real responses against it.
 const OPENAPI: &str = include_str!("../openapi.json");
 
 async fn openapi() -> Response {

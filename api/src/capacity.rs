@@ -190,7 +190,7 @@ fn device_allocations(catalogue: &Catalogue, flavour: &Flavour) -> Vec<Value> {
         .collect()
 }
 
-/// Answers 404 when the catalogue defines no devices, which VISA reads as "not available".
+/// Returns 404 when the catalogue defines no devices, which VISA reads as "not available".
 fn require_devices(catalogue: &Catalogue) -> Result<(), ApiError> {
     if catalogue.devices.is_empty() {
         Err(ApiError::NotFound(

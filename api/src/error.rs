@@ -9,7 +9,7 @@ use tracing::error;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400 or 422: the request itself is wrong, and the message says how to fix it.
+    /// 400 or 422: the request itself is invalid, and the message explains the fix.
     #[error("{message}")]
     BadRequest { status: StatusCode, message: String },
     /// 401: VISA reads it as an authentication failure.
@@ -27,7 +27,7 @@ pub enum ApiError {
     /// 409: the instance is in a state where the action makes no sense, such as being deleted.
     #[error("{0}")]
     Conflict(String),
-    /// 503: a backend is down and the request cannot be answered correctly now.
+    /// 503: a backend is down, so the request cannot be served correctly now.
     #[error("{0}")]
     Unavailable(String),
     /// 500: logged with its cause; the client sees a generic message.

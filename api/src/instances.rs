@@ -340,7 +340,7 @@ pub struct Migration {
     disk_over_commit: Option<bool>,
 }
 
-/// Moves a running instance to another node by restarting its pod there. Answers 404 when the
+/// Moves a running instance to another node by restarting its pod there. Returns 404 when the
 /// operators turned migration off, which VISA reads as "migration not available".
 pub async fn migrate(
     State(state): State<AppState>,

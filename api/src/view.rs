@@ -1,4 +1,4 @@
-//! The in-memory view that answers VISA's reads: instance records from the database, refreshed
+//! The in-memory view that serves VISA's reads: instance records from the database, refreshed
 //! in the background, joined with StatefulSets and pods kept current by Kubernetes watches.
 //! A read never waits on the database or the cluster, so an instance that exists is answered
 //! with its last known state even while either is unreachable.
@@ -236,7 +236,7 @@ impl View {
             first.first_ready_at = Some(now);
             first.updated_at = now;
             self.put(first);
-            // The writer task outlives every request, so a send fails only at shutdown.
+            // The writer task runs for the life of the process, so a send fails only at shutdown.
             let _ = self.first_ready.send((record.id.clone(), now));
         }
         observed

@@ -1,4 +1,4 @@
-//! What the API and the workers share: the catalogue, the instance model, storage, the job
+//! Shared code of the API and the workers: the catalogue, the instance model, storage, the job
 //! queue, the Kubernetes objects of an instance, the reading of its state and the LDAP sync of
 //! investigations.
 

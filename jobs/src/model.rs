@@ -59,7 +59,7 @@ impl InstanceState {
     }
 }
 
-/// The state the operator's last action asks for.
+/// The state that the last action requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
@@ -124,7 +124,7 @@ impl Action {
         }
     }
 
-    /// Returns the state this action asks for.
+    /// Returns the state that this action requests.
     pub fn desired_state(self) -> DesiredState {
         match self {
             Self::Create | Self::Start | Self::Reboot | Self::Migrate => DesiredState::Running,
@@ -165,7 +165,7 @@ pub struct InstanceRecord {
     pub applied_seq: i64,
     pub created_at: Millis,
     pub first_ready_at: Option<Millis>,
-    /// Set once the StatefulSet is gone after a delete; the API then answers 404.
+    /// Set once the StatefulSet is gone after a delete; the API then returns 404.
     pub deleted_at: Option<Millis>,
     pub fault: Option<RecordedFault>,
     pub updated_at: Millis,

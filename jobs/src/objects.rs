@@ -597,10 +597,7 @@ pub fn config_map(
         metadata: ObjectMeta {
             name: Some(config_map_name(&record.id)),
             namespace: Some(settings.namespace.clone()),
-            labels: Some(BTreeMap::from([
-                (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
-                (LABEL_INSTANCE_ID.to_owned(), record.id.clone()),
-            ])),
+            labels: Some(owned_labels(&record.id)),
             owner_references: owner.map(|owner| vec![owner.clone()]),
             ..ObjectMeta::default()
         },
@@ -657,10 +654,7 @@ pub fn network_policies(
         ..LabelSelector::default()
     };
     let labels = |group: Option<&str>| {
-        let mut labels = BTreeMap::from([
-            (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
-            (LABEL_INSTANCE_ID.to_owned(), record.id.clone()),
-        ]);
+        let mut labels = owned_labels(&record.id);
         if let Some(group) = group {
             labels.insert(LABEL_SECURITY_GROUP.to_owned(), label_value(group));
         }
@@ -734,8 +728,16 @@ pub fn network_policies(
     policies
 }
 
-/// Selects every NetworkPolicy of one instance.
-pub fn instance_policy_selector(id: &str) -> String {
+/// Labels of the ConfigMap and NetworkPolicies that one instance owns.
+fn owned_labels(id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_INSTANCE_ID.to_owned(), id.to_owned()),
+    ])
+}
+
+/// Selects the ConfigMap and NetworkPolicies that one instance owns.
+pub fn owned_object_selector(id: &str) -> String {
     format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INSTANCE_ID}={id}")
 }
 

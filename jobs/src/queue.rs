@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Action;
 
-/// Default name of the Redis queue that holds instance jobs.
+/// Default name of the Redis queue of instance jobs.
 pub const DEFAULT_QUEUE: &str = "visa-instance-jobs";
 
 /// A request to converge one instance's Kubernetes objects to its recorded intent.
@@ -57,7 +57,7 @@ pub async fn connect(
     Ok(RedisStorage::new(connection).with_config(config))
 }
 
-/// Longest wait for Redis to take a job. The intent is already in the database, so a request
+/// Maximum wait for Redis to take a job. The intent is already in the database, so a request
 /// that waits longer only delays VISA: the drift sweep enqueues the intent later.
 pub const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 

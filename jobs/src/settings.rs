@@ -30,7 +30,7 @@ pub struct CommonArgs {
     #[arg(long, env = "VISA_CATALOGUE")]
     pub catalogue: PathBuf,
 
-    /// Kubernetes namespace that holds the instances.
+    /// Kubernetes namespace of the instances.
     #[arg(long, env = "VISA_NAMESPACE", default_value = "visa-instances")]
     pub namespace: String,
 
@@ -127,8 +127,8 @@ impl CommonArgs {
         let database = Database::connect(&self.database_url)
             .await
             .map_err(|error| anyhow::anyhow!("failed to open the database: {error}"))?;
-        // API replicas and workers that start together all store the catalogue; a transaction that
-        // loses that race fails on a unique key and succeeds when tried again.
+        // API replicas and workers that start together all store the catalogue. A transaction
+        // that loses that race fails on a unique key, so it is tried again.
         let save = || database.save_catalogue(&catalogue);
         save.retry(
             ExponentialBuilder::default()

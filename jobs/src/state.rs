@@ -19,7 +19,7 @@ pub const FAULT_CODE: i64 = -1;
 /// State, address and fault of an instance, as VISA receives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
-    /// `None` when the instance's deletion has finished and the API answers 404.
+    /// `None` when the instance's deletion has finished and the API returns 404.
     pub state: Option<InstanceState>,
     pub address: Option<String>,
     pub fault: Option<Fault>,
@@ -77,7 +77,7 @@ pub fn observe(
     };
 
     // Until the StatefulSet carries this action's stamp and its controller has seen that
-    // generation, the pod on show may be the old one, so the action's own state is the answer.
+    // generation, the visible pod may be the old one, so the state is the action's own.
     let applied = stamped_action_at(stateful_set) == Some(format_visa_time(record.action_at))
         && generation_observed(stateful_set);
     if !applied {

@@ -1,4 +1,4 @@
-//! Measures how fast the API answers VISA's minute-by-minute burst of instance reads.
+//! Measures how fast the API serves VISA's minute-by-minute burst of instance reads.
 //!
 //! VISA reads every instance it knows once a minute, one request each, so a site with 1,000
 //! instances sends at least 1,000 `GET /api/instances/{id}` at once, and every answer must come

@@ -3,7 +3,7 @@
 # proxy, once per pinned version set, into a cache directory outside the clone.
 # The control plane and helm have separate stamps, so a new helm version reuses a cached control
 # plane and the other way round.
-# Prints the directory that holds the binaries on its last line.
+# Prints the directory of the binaries on its last line.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)

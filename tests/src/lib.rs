@@ -427,7 +427,7 @@ impl Stack {
         );
     }
 
-    /// Polls until the instance answers 404.
+    /// Polls until the instance read returns 404.
     pub async fn wait_for_gone(&self, id: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

@@ -41,7 +41,7 @@ pub async fn run_lifecycle(stack: &Stack) {
     let name = format!("VISA_INSTANCE-{}", short_id());
     let id = stack.create(&name).await;
 
-    // VISA reads the instance at once and stores the state it sees.
+    // VISA reads the instance at once and stores the state it reads.
     let (status, first) = stack.instance(&id).await;
     assert_eq!(status, 200);
     assert_eq!(first["state"], "BUILDING");

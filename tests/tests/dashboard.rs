@@ -734,7 +734,7 @@ async fn ldap_sync_shows_in_metrics_and_overview() {
     assert!(!page.contains(admin_password.trim()), "{page}");
 
     // Without the runs table the scrape still succeeds with the last values, and the page
-    // says that the status is unavailable.
+    // shows that the status is unavailable.
     sqlx::query("DROP TABLE ldap_sync_runs")
         .execute(stack.database.pool())
         .await

@@ -1,4 +1,4 @@
-//! Every endpoint of VISA's web provider API against the local control plane, each answer
+//! Every endpoint of VISA's web provider API against the local control plane, each response
 //! parsed as strictly as VISA's client parses it.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
-use visa_jobs::objects::{deny_policy_name, group_policy_name, instance_policy_selector, pod_name};
+use visa_jobs::objects::{deny_policy_name, group_policy_name, owned_object_selector, pod_name};
 use visa_tests::visa::{self, State};
 use visa_tests::{Stack, StackOptions, example_request, short_id};
 
@@ -45,7 +45,7 @@ fn selects(policy: &NetworkPolicy, pod: &Pod) -> bool {
 
 async fn policies(stack: &Stack, id: &str) -> Vec<NetworkPolicy> {
     let api: Api<NetworkPolicy> = Api::namespaced(stack.kube.clone(), &stack.namespace);
-    api.list(&ListParams::default().labels(&instance_policy_selector(id)))
+    api.list(&ListParams::default().labels(&owned_object_selector(id)))
         .await
         .unwrap()
         .items

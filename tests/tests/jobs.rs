@@ -243,7 +243,7 @@ async fn worker_survives_redis_outage() {
 
     drop(redis);
     // The intent is recorded while the queue is down, and the drift sweep enqueues it later.
-    // The answer must still come well within VISA's 30 s time-out.
+    // The response must still come well within VISA's 30 s time-out.
     let sent = Instant::now();
     let response = stack
         .post(&format!("/api/instances/{id}/shutdown"), None)
@@ -251,7 +251,7 @@ async fn worker_survives_redis_outage() {
     assert_eq!(response.status(), 202);
     assert!(
         sent.elapsed() < Duration::from_secs(10),
-        "answered after {:?}",
+        "responded after {:?}",
         sent.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -22,8 +22,8 @@ async fn concurrent_starts_migrate_mariadb_once() {
     }
 }
 
-/// Starts the API and a worker binary at the same moment on one new SQLite file, as
-/// scripts/run-local.sh does; both must come up with the schema applied once.
+/// Opens one new SQLite file from six tasks at once, as the API and a worker do when
+/// scripts/run-local.sh starts them together. Every task must find the schema applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_starts_migrate_sqlite_once() {
     for round in 0..5 {

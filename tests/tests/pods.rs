@@ -13,7 +13,7 @@ use kube::api::ListParams;
 use serde_json::{Value, json};
 
 use visa_jobs::objects::{
-    CONFIG_DIR, MAIN_CONTAINER, config_map_name, instance_policy_selector, pod_name, service_name,
+    CONFIG_DIR, MAIN_CONTAINER, config_map_name, owned_object_selector, pod_name, service_name,
     volume_claim_name,
 };
 use visa_tests::{Stack, StackOptions, example_request, short_id};
@@ -210,7 +210,7 @@ async fn pod_template_holds_everything() {
         "Service"
     );
     let policies: Api<NetworkPolicy> = Api::namespaced(stack.kube.clone(), &stack.namespace);
-    let selector = ListParams::default().labels(&instance_policy_selector(&id));
+    let selector = ListParams::default().labels(&owned_object_selector(&id));
     for policy in policies.list(&selector).await.unwrap() {
         assert!(
             owned_by_set(policy.metadata.owner_references.as_ref()),

@@ -52,7 +52,7 @@ pub struct JobFailed(pub String);
 impl From<kube::Error> for ConvergeError {
     fn from(error: kube::Error) -> Self {
         match &error {
-            // etcd answers an object over its size limit with a 500 that no retry can change.
+            // etcd rejects an object over its size limit with a 500 that no retry can change.
             kube::Error::Api(status) if status.message.contains("request is too large") => {
                 Self::Permanent {
                     message: format!(
@@ -414,7 +414,7 @@ impl Converger {
             policies.patch(name, &params, &Patch::Apply(policy)).await?;
         }
 
-        let selector = ListParams::default().labels(&objects::instance_policy_selector(&record.id));
+        let selector = ListParams::default().labels(&objects::owned_object_selector(&record.id));
         for existing in policies.list(&selector).await? {
             let name = existing.metadata.name.unwrap_or_default();
             if !wanted
@@ -520,7 +520,7 @@ impl Converger {
         )?;
         let policies: Api<NetworkPolicy> =
             Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let selector = ListParams::default().labels(&objects::instance_policy_selector(&record.id));
+        let selector = ListParams::default().labels(&objects::owned_object_selector(&record.id));
         policies
             .delete_collection(&DeleteParams::default(), &selector)
             .await?;
